@@ -1,0 +1,41 @@
+# The two commands of the README quick start, each doing its own set-up:
+#   make demo   the whole pipeline on the embedded demo dataset
+#   make test   the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test test-all venv lint report lock clean
+
+$(STAMP): envs/requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r envs/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) all
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ""
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+report: $(STAMP)
+	$(BIN)/snakemake --report report.html
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable > envs/requirements.txt
+
+clean:
+	rm -rf results resources logs .snakemake report.html

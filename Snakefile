@@ -1,0 +1,42 @@
+# SANCE weakly supervised semantic segmentation: image tags -> CAM seeds -> SANCE contour and
+# segmentation model -> pseudo labels -> DeepLab. All logic lives in the sance_core package;
+# the rules in workflow/rules/ only wire files together and pass hyper-parameters as params.
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+# the top level first (unknown sections, global keys), then each section against its own schema
+validate(config, "workflow/schemas/config.schema.yaml")
+SECTIONS = ["data", "demo"]
+for section in SECTIONS:
+    try:
+        validate(config[section], f"workflow/schemas/{section}.schema.yaml")
+    except WorkflowError as err:
+        raise WorkflowError(
+            f"config section '{section}' is invalid (see workflow/schemas/{section}.schema.yaml)", err
+        )
+
+
+wildcard_constraints:
+    split=r"[A-Za-z0-9_.-]+",
+    mode=r"[A-Za-z0-9_]+",
+
+
+scattergather:
+    shard=config["shards"],
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,177 @@
+"""The ``sance`` command line: every pipeline stage, usable without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("sance")
+
+# subcommand name -> (function that adds its arguments, function that runs it)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str):
+    """Register a subcommand; its function gets ``(parser)`` to add arguments, returns the runner."""
+    def wrap(add_arguments: Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]):
+        _COMMANDS[name] = (help, add_arguments, None)  # type: ignore[assignment]
+        return add_arguments
+    return wrap
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
+    """Parse ``name=path`` pairs; a name given twice becomes a list (for sharded inputs)."""
+    result: dict[str, Any] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise SystemExit(f"sance: {flag} expects name=path, got {item!r}")
+        name, value = item.split("=", 1)
+        if name in result:
+            result[name] = (result[name] if isinstance(result[name], list) else [result[name]]) + [value]
+        else:
+            result[name] = value
+    return result
+
+
+def _load_params(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"sance: params file {p} not found")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"sance: params file {p} must hold a mapping of config keys")
+    return data
+
+
+@command("run", "run one pipeline stage from a params file (what each Snakemake rule does)")
+def _run(p: argparse.ArgumentParser):
+    p.add_argument("stage", help="stage name (see `sance stages`)")
+    p.add_argument("--params", help="YAML/JSON file with the stage config")
+    p.add_argument("--input", "-i", action="append", metavar="NAME=PATH", help="named input (repeatable)")
+    p.add_argument("--output", "-o", action="append", metavar="NAME=PATH", help="named output (repeatable)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--show-config", action="store_true", help="print the stage config with defaults and exit")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.config import from_dict, to_dict
+        from sance_core.runtime import set_threads
+        from sance_core.stages import get_stage, run_stage
+
+        params = _load_params(args.params)
+        if args.show_config:
+            config_cls, _ = get_stage(args.stage)
+            print(json.dumps(to_dict(from_dict(config_cls, params)), indent=2))
+            return 0
+        set_threads(args.threads)
+        run_stage(args.stage, params, _pairs(args.input, "--input"), _pairs(args.output, "--output"))
+        return 0
+    return run
+
+
+@command("stages", "list the pipeline stages")
+def _stages(p: argparse.ArgumentParser):
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.stages import STAGES
+
+        for name, entry in sorted(STAGES.items()):
+            print(f"{name:24s} {entry.help}")
+        return 0
+    return run
+
+
+@command("demo-data", "generate the demo dataset (PASCAL VOC layout)")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("root", nargs="?", default="resources/demo", help="output folder (default resources/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-val", type=int)
+    p.add_argument("--preview", nargs="?", const="demo_preview.png", metavar="PNG",
+                   help="also (or, with an existing root, only) render a picture of samples with masks")
+
+    def run(args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
+        from sance_core.data.demo import DemoDataConfig, generate_demo_dataset, render_preview
+
+        root = Path(args.root)
+        if not (root / "ImageSets").is_dir() or args.n_train or args.n_val:
+            cfg = DemoDataConfig(seed=args.seed)
+            if args.n_train:
+                cfg = replace(cfg, n_train=args.n_train)
+            if args.n_val:
+                cfg = replace(cfg, n_val=args.n_val)
+            generate_demo_dataset(cfg, root)
+            log.info("demo dataset written to %s", root)
+        if args.preview:
+            render_preview(root, Path(args.preview))
+            log.info("preview written to %s", args.preview)
+        return 0
+    return run
+
+
+@command("inspect", "list, summarise or render an HDF5 artifact")
+def _inspect(p: argparse.ArgumentParser):
+    p.add_argument("file", help="an artifact .h5 file")
+    p.add_argument("id", nargs="?", help="image id to summarise or render")
+    p.add_argument("--png", help="render the entry to this PNG (needs an id)")
+    p.add_argument("--max-ids", type=int, default=20, help="ids listed without an id argument")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.inspect_artifact import describe_array, render, summarise
+        from sance_core.storage import ArtifactReader
+
+        if args.id is None:
+            if args.png:
+                raise SystemExit("sance inspect: --png needs an image id")
+            print(summarise(args.file, args.max_ids))
+            return 0
+        with ArtifactReader(args.file) as reader:
+            arrays = reader.read(args.id)
+            print(f"{args.file} : {args.id}  " + "  ".join(f"{k}={v}" for k, v in reader.image_attrs(args.id).items()))
+            for name, array in arrays.items():  # type: ignore[union-attr]
+                print("  " + describe_array(name, array))
+        if args.png:
+            print(render(args.file, args.id, args.png))
+        return 0
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sance_core import __version__
+
+    parser = argparse.ArgumentParser(prog="sance", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sance {__version__}")
+    parser.add_argument("--log", help="also write the log to this file")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_runner=add_arguments(p))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sance_core.config import ConfigError
+    from sance_core.data.io import DataError
+    from sance_core.runtime import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args._runner(args) or 0)
+    except (ConfigError, DataError, KeyError, FileNotFoundError) as err:
+        log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

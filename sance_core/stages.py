@@ -1,0 +1,62 @@
+"""Registry of pipeline stages: one typed config and one entry function each.
+
+Snakemake rules and the ``sance run`` CLI both go through :func:`run_stage`, so a stage
+behaves the same with or without the workflow. Modules are imported only when their
+stage runs, which keeps ``sance --help`` fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sance_core.config import from_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    module: str
+    config: str
+    function: str = "run_stage"
+    help: str = ""
+
+
+# name -> where its config dataclass and ``run_stage(cfg, inputs, outputs)`` live
+STAGES: dict[str, StageEntry] = {
+    "demo_data": StageEntry("sance_core.data.demo_stage", "DemoStageConfig",
+                            help="generate the embedded demo dataset in PASCAL VOC layout"),
+    "validate": StageEntry("sance_core.data.validate", "ValidationConfig",
+                           help="read every listed image and mask once and write the manifest"),
+}
+
+
+def register(name: str, entry: StageEntry) -> None:
+    """Add a stage (used by stage modules of later pipeline steps and by plugins)."""
+    STAGES[name] = entry
+
+
+def get_stage(name: str) -> tuple[type, Callable[..., Any]]:
+    """The config class and entry function of a stage; unknown names list the known ones."""
+    try:
+        entry = STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(STAGES))}") from None
+    module = importlib.import_module(entry.module)
+    return getattr(module, entry.config), getattr(module, entry.function)
+
+
+def run_stage(name: str, params: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+    """Validate ``params`` into the stage's frozen config, then run it."""
+    config_cls, function = get_stage(name)
+    cfg = from_dict(config_cls, dict(params))
+    log.info("stage %s: %s", name, cfg)
+    start = time.perf_counter()
+    result = function(cfg, dict(inputs), dict(outputs))
+    log.info("stage %s finished in %.1f s", name, time.perf_counter() - start)
+    return result

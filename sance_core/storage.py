@@ -1,0 +1,266 @@
+"""HDF5 artifact store: one file per stage and shard, one group per image id.
+
+Layout of a file::
+
+    /<image_id>/<dataset>     float16 maps in [0, 1] or uint8 labels (255 = ignore)
+    /<image_id>.attrs         original size, stride, class keys, ...
+    /.attrs                   stage name, config hash, sance version, ``complete``
+
+Writers write to a temporary sibling file and rename it into place only after
+``close`` succeeds, so a killed job never leaves a file that looks complete.
+Readers open the file lazily on first access (never across a ``fork``), which
+keeps them safe inside DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from sance_core import __version__
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_RESERVED_ATTRS = ("sance_format", "sance_version", "stage", "config_hash", "complete")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact file is missing, incomplete or not in the expected format."""
+
+
+def config_hash(config: Any) -> str:
+    """Stable short hash of a (dataclass or JSON-like) config, recorded with every artifact."""
+    if is_dataclass(config) and not isinstance(config, type):
+        config = asdict(config)
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_id(image_id: str) -> None:
+    if not image_id or "/" in image_id or image_id in (".", ".."):
+        raise ValueError(f"image id {image_id!r} cannot be used as an HDF5 group name")
+
+
+def _encode_attr(value: Any) -> Any:
+    """Attributes hold plain numbers, strings or arrays; anything else is stored as JSON text."""
+    if isinstance(value, (str, int, float, bool, np.integer, np.floating, np.ndarray)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value):
+        return np.asarray(value)
+    return "json:" + json.dumps(value, default=str)
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value.startswith("json:"):
+        return json.loads(value[5:])
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class ArtifactWriter:
+    """Write one stage's shard; use as a context manager.
+
+    On a clean exit the temporary file is marked complete and renamed to ``path``;
+    on an exception it is deleted, and ``path`` is left untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        stage: str,
+        config: Any = None,
+        compression: str = "gzip",
+        compression_level: int = 4,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.stage = stage
+        self.config_hash = config_hash(config) if config is not None else ""
+        if compression not in ("gzip", "lzf", "none"):
+            raise ValueError(f"compression must be 'gzip', 'lzf' or 'none', got {compression!r}")
+        self.compression = None if compression == "none" else compression
+        self.compression_opts = compression_level if compression == "gzip" else None
+        self._extra_attrs = dict(attrs or {})
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> "ArtifactWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self._tmp, "w", track_order=True)
+        a = self._file.attrs
+        a["sance_format"] = FORMAT_VERSION
+        a["sance_version"] = __version__
+        a["stage"] = self.stage
+        a["config_hash"] = self.config_hash
+        a["complete"] = False
+        for key, value in self._extra_attrs.items():
+            a[key] = _encode_attr(value)
+        return self
+
+    def add(
+        self,
+        image_id: str,
+        arrays: Mapping[str, np.ndarray],
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store the arrays of one image. Float maps become float16, labels must be uint8."""
+        if self._file is None:
+            raise RuntimeError("ArtifactWriter.add called outside its 'with' block")
+        _check_id(image_id)
+        if image_id in self._file:
+            raise ValueError(f"{self.path}: image id {image_id!r} written twice")
+        group = self._file.create_group(image_id)
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            if np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float16)
+            elif array.dtype == np.bool_:
+                array = array.astype(np.uint8)
+            elif array.dtype != np.uint8 and np.issubdtype(array.dtype, np.integer):
+                if array.size and (array.min() < 0 or array.max() > 255):
+                    raise ValueError(f"{image_id}/{name}: integer data must fit uint8 (0..255)")
+                array = array.astype(np.uint8)
+            chunks = None
+            if array.ndim >= 2 and array.size > 0:
+                # one chunk per class plane: readers usually want whole planes
+                chunks = (1,) * (array.ndim - 2) + array.shape[-2:]
+            group.create_dataset(
+                name,
+                data=array,
+                chunks=chunks,
+                compression=self.compression if chunks else None,
+                compression_opts=self.compression_opts if chunks else None,
+                shuffle=bool(chunks and self.compression),
+            )
+        for key, value in (attrs or {}).items():
+            group.attrs[key] = _encode_attr(value)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._file is not None
+        try:
+            if exc_type is None:
+                self._file.attrs["complete"] = True
+                self._file.attrs["n_images"] = len(self._file)
+            self._file.close()
+        finally:
+            self._file = None
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+                log.info("wrote %s", self.path)
+            else:
+                self._tmp.unlink(missing_ok=True)
+
+
+class ArtifactReader:
+    """Lazy, read-only access to an artifact file; cheap to pickle into DataLoader workers."""
+
+    def __init__(self, path: str | Path, expect_stage: str | None = None) -> None:
+        self.path = Path(path)
+        self.expect_stage = expect_stage
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        if not self.path.exists():
+            raise ArtifactError(f"{self.path}: artifact file does not exist")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            try:
+                f = h5py.File(self.path, "r")
+            except OSError as err:
+                raise ArtifactError(f"{self.path}: not a readable HDF5 file ({err})") from err
+            if not bool(f.attrs.get("complete", False)):
+                f.close()
+                raise ArtifactError(f"{self.path}: artifact is incomplete (its writer did not finish)")
+            stage = f.attrs.get("stage")
+            if self.expect_stage is not None and stage != self.expect_stage:
+                f.close()
+                raise ArtifactError(f"{self.path}: expected a {self.expect_stage!r} artifact, found {stage!r}")
+            self._file, self._pid = f, os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> "ArtifactReader":
+        _ = self.file
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: _decode_attr(v) for k, v in self.file.attrs.items()}
+
+    def ids(self) -> list[str]:
+        return list(self.file.keys())
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.file
+
+    def __len__(self) -> int:
+        return len(self.file)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def keys(self, image_id: str) -> list[str]:
+        return list(self._group(image_id).keys())
+
+    def _group(self, image_id: str) -> h5py.Group:
+        try:
+            return self.file[image_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no image id {image_id!r}") from None
+
+    def read(self, image_id: str, name: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
+        """One array (float16 maps come back as float32) or all arrays of an image."""
+        group = self._group(image_id)
+        if name is not None:
+            if name not in group:
+                raise KeyError(f"{self.path}: image {image_id!r} has no dataset {name!r} (has {list(group)})")
+            return _as_float32(group[name][()])
+        return {k: _as_float32(v[()]) for k, v in group.items()}
+
+    def image_attrs(self, image_id: str) -> dict[str, Any]:
+        return {k: _decode_attr(v) for k, v in self._group(image_id).attrs.items()}
+
+
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if array.dtype == np.float16 else array
+
+
+def open_shards(paths: list[str | Path], expect_stage: str | None = None) -> dict[str, ArtifactReader]:
+    """Map every image id to the reader of the shard that holds it (shards never overlap)."""
+    index: dict[str, ArtifactReader] = {}
+    for path in paths:
+        reader = ArtifactReader(path, expect_stage)
+        for image_id in reader.ids():
+            if image_id in index:
+                raise ArtifactError(f"image id {image_id!r} is in both {index[image_id].path} and {path}")
+            index[image_id] = reader
+    return index
