@@ -1,0 +1,700 @@
+"""Embedded demo dataset: synthetic photos with image tags and VOC-style masks.
+
+Why it exists: the workflow must run end to end on a laptop without downloads, and the
+numbers it produces on the demo data should mean something. So the generator models the
+situation SANCE was designed for rather than an easy toy:
+
+* every object has a SMALL class-specific part (a saturated, patterned "head") and a LARGER
+  body whose texture distribution is SHARED by all classes, so a classifier's CAM fires on the
+  head first and there is a visible intra-object edge between head and body;
+* 1..``max_objects`` objects with scale variation, occlusion (later objects cover earlier ones,
+  masks follow), truncation at the image border, pairs of the same and of different classes;
+* cluttered backgrounds: smooth gradients, band-limited noise, lines, stripes, rectangles,
+  blobs, and distractor blobs textured like the shared body but without a head (background in
+  the mask), soft shadows, lighting gradients, sensor noise and JPEG compression;
+* varying non-square image sizes and a VOC-style void band (255) along every object outline.
+
+The generator is fixed before any method is measured on it and is not tuned to any method.
+Everything is drawn from ``numpy.random.Generator(PCG64)`` streams derived from the seed, so
+the same config gives bit-identical files; the dataset is written into a temporary sibling
+folder and renamed into place, so a crash never leaves a complete-looking partial dataset.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from sance_core.data.palette import IGNORE_INDEX, colorize, read_label_png, save_label_png
+
+log = logging.getLogger(__name__)
+
+DEMO_CLASSES: tuple[str, ...] = ("background", "bird", "lamp", "robot", "snail", "cactus")
+
+_MIN_VISIBLE = 0.5  # fraction of an object (and of its head) that must stay visible
+_LAYOUT_TRIES = 60
+_ID_PREFIX = "demo_"
+
+
+@dataclass(frozen=True)
+class DemoDataConfig:
+    """Size and appearance knobs of the demo dataset (defaults: the shipped demo)."""
+
+    seed: int = 0
+    n_train: int = 160
+    n_val: int = 48
+    min_side: int = 96  # image sides drawn per image in [min_side, max_side], non-square
+    max_side: int = 160
+    void_width: int = 2  # width in px of the 255 band along object borders in masks
+    max_objects: int = 3
+    jpeg_quality: int = 92
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.n_train < 1 or self.n_val < 0:
+            raise ValueError(f"need n_train >= 1 and n_val >= 0, got {self.n_train}, {self.n_val}")
+        if self.min_side < 32 or self.max_side <= self.min_side:
+            raise ValueError(
+                f"need 32 <= min_side < max_side (images are non-square), got {self.min_side}, {self.max_side}"
+            )
+        if self.void_width < 0:
+            raise ValueError(f"void_width must be >= 0, got {self.void_width}")
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
+
+
+# --------------------------------------------------------------------------- shapes
+# Object-local coordinates: u to the right (the way the object faces), v downwards,
+# the silhouette spans roughly [-1, 1] on both axes.
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    return ((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2 <= 1.0
+
+
+def _box(
+    u: np.ndarray, v: np.ndarray, x0: float, y0: float, x1: float, y1: float, r: float = 0.0
+) -> np.ndarray:
+    """Axis-aligned box with corner radius ``r`` (signed-distance test)."""
+    qx = np.abs(u - (x0 + x1) / 2) - ((x1 - x0) / 2 - r)
+    qy = np.abs(v - (y0 + y1) / 2) - ((y1 - y0) / 2 - r)
+    outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
+    inside = np.minimum(np.maximum(qx, qy), 0)
+    return outside + inside <= r
+
+
+def _capsule(u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], r: float) -> np.ndarray:
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    t = np.clip(((u - p0[0]) * dx + (v - p0[1]) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return (u - p0[0] - t * dx) ** 2 + (v - p0[1] - t * dy) ** 2 <= r * r
+
+
+def _convex(u: np.ndarray, v: np.ndarray, pts: list[tuple[float, float]]) -> np.ndarray:
+    """Inside test of a convex polygon given in either winding order."""
+    pos = np.ones(u.shape, dtype=bool)
+    neg = np.ones(u.shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1]):
+        cross = (x1 - x0) * (v - y0) - (y1 - y0) * (u - x0)
+        pos &= cross >= 0
+        neg &= cross <= 0
+    return pos | neg
+
+
+ShapeFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _bird(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    body = (
+        _ellipse(u, v, 0.0, 0.1, 0.72, 0.42)
+        | _convex(u, v, [(-0.5, 0.05), (-1.02, -0.32), (-1.02, 0.26)])
+        | _capsule(u, v, (-0.1, 0.45), (-0.18, 0.92), 0.05)
+        | _capsule(u, v, (0.15, 0.45), (0.22, 0.92), 0.05)
+    )
+    head = _ellipse(u, v, 0.62, -0.22, 0.25, 0.25) | _convex(u, v, [(0.82, -0.3), (1.08, -0.2), (0.82, -0.12)])
+    return body, head
+
+
+def _lamp(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    body = _convex(u, v, [(-0.5, 0.98), (0.5, 0.98), (0.22, -0.28), (-0.22, -0.28)]) | _ellipse(
+        u, v, 0.0, 0.96, 0.62, 0.1
+    )
+    head = _convex(u, v, [(-0.36, -0.24), (0.36, -0.24), (0.17, -0.66), (-0.17, -0.66)]) | _ellipse(
+        u, v, 0.0, -0.7, 0.07, 0.07
+    )
+    return body, head
+
+
+def _robot(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    body = (
+        _box(u, v, -0.48, -0.32, 0.48, 0.42, 0.06)
+        | _box(u, v, -0.38, 0.4, -0.12, 1.0, 0.03)
+        | _box(u, v, 0.12, 0.4, 0.38, 1.0, 0.03)
+        | _capsule(u, v, (-0.48, -0.22), (-0.86, 0.25), 0.09)
+        | _capsule(u, v, (0.48, -0.22), (0.86, 0.25), 0.09)
+        | _box(u, v, -0.08, -0.4, 0.08, -0.3)
+    )
+    head = _box(u, v, -0.22, -0.78, 0.22, -0.38, 0.04) | _capsule(u, v, (0.0, -0.78), (0.0, -0.96), 0.035)
+    return body, head
+
+
+def _snail(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    body = _ellipse(u, v, -0.18, -0.12, 0.55, 0.55) | _box(u, v, -0.95, 0.3, 0.7, 0.62, 0.14)
+    head = (
+        _ellipse(u, v, 0.78, 0.36, 0.22, 0.18)
+        | _capsule(u, v, (0.86, 0.26), (0.98, -0.16), 0.04)
+        | _capsule(u, v, (0.72, 0.26), (0.68, -0.13), 0.04)
+    )
+    return body, head
+
+
+def _cactus(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    body = (
+        _box(u, v, -0.24, -0.5, 0.24, 1.0, 0.2)
+        | _capsule(u, v, (-0.24, 0.25), (-0.62, 0.25), 0.12)
+        | _capsule(u, v, (-0.62, 0.25), (-0.62, -0.18), 0.12)
+        | _capsule(u, v, (0.24, 0.05), (0.6, 0.05), 0.12)
+        | _capsule(u, v, (0.6, 0.05), (0.6, -0.38), 0.12)
+    )
+    du, dv = u, v + 0.64
+    head = np.hypot(du, dv) <= 0.19 + 0.05 * np.cos(6 * np.arctan2(dv, du))
+    return body, head
+
+
+@dataclass(frozen=True)
+class _ClassSpec:
+    """How one class looks: silhouette, head hue and head pattern."""
+
+    shape: ShapeFn
+    head_centre: tuple[float, float]  # local (u, v) of the head, the origin of its pattern
+    hue: float  # degrees
+    pattern: str
+
+
+_SPECS: tuple[_ClassSpec, ...] = (
+    _ClassSpec(_bird, (0.62, -0.22), 5.0, "dots"),
+    _ClassSpec(_lamp, (0.0, -0.45), 50.0, "checker"),
+    _ClassSpec(_robot, (0.0, -0.58), 215.0, "hstripes"),
+    _ClassSpec(_snail, (0.78, 0.36), 115.0, "rings"),
+    _ClassSpec(_cactus, (0.0, -0.64), 300.0, "spokes"),
+)
+assert len(_SPECS) == len(DEMO_CLASSES) - 1
+
+
+# --------------------------------------------------------------------------- textures
+
+
+def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb((h_deg % 360.0) / 360.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))), dtype=np.float32)
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, channels: int = 1) -> np.ndarray:
+    """Band-limited noise (about unit std): coarse Gaussian noise, cubic upsampling."""
+    gh, gw = int(math.ceil(h / cell)) + 3, int(math.ceil(w / cell)) + 3
+    coarse = rng.standard_normal((gh, gw, channels)).astype(np.float32)
+    up = cv2.resize(coarse, (int(round(gw * cell)), int(round(gh * cell))), interpolation=cv2.INTER_CUBIC)
+    up = up.reshape(up.shape[0], up.shape[1], channels)
+    oy, ox = int(cell), int(cell)
+    return up[oy : oy + h, ox : ox + w]
+
+
+def _body_texture(rng: np.random.Generator, ap: np.ndarray, bp: np.ndarray, rad: np.ndarray) -> np.ndarray:
+    """The texture SHARED by all classes (and by headless distractors): grey-brown stripes.
+
+    ``ap, bp`` are frame-local pixel coordinates (so the stripes turn with the object),
+    ``rad`` is a normalised radius used for a little 3-D-looking shading.
+    """
+    h, w = ap.shape
+    base = _hsv(rng.uniform(15, 45), rng.uniform(0.12, 0.45), rng.uniform(0.35, 0.72))
+    period = rng.uniform(4.5, 9.0)
+    theta = rng.uniform(0, np.pi)
+    phase = rng.uniform(0, 2 * np.pi)
+    amp = rng.uniform(0.12, 0.28)
+    stripes = np.sin(2 * np.pi * (ap * np.cos(theta) + bp * np.sin(theta)) / period + phase)
+    mottle = _smooth_noise(rng, h, w, rng.uniform(3.0, 7.0))[..., 0]
+    shade = 1.0 - 0.28 * np.clip(rad, 0, 1.2) ** 2
+    gain = (1.0 + amp * stripes + 0.08 * mottle) * shade
+    tex = base[None, None, :] * gain[..., None]
+    tex += 0.025 * rng.standard_normal((h, w, 3)).astype(np.float32)
+    return tex.astype(np.float32)
+
+
+def _head_texture(rng: np.random.Generator, spec: _ClassSpec, hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
+    """The class-specific part: a saturated class hue with a class-specific pattern.
+
+    ``hx, hy`` are pixel coordinates relative to the head centre in the object frame.
+    """
+    h, w = hx.shape
+    base = _hsv(spec.hue + rng.uniform(-8, 8), rng.uniform(0.62, 0.92), rng.uniform(0.68, 0.95))
+    tex = np.broadcast_to(base, (h, w, 3)).astype(np.float32).copy()
+    white = np.ones(3, dtype=np.float32)
+    if spec.pattern == "dots":
+        p = 4.5
+        dot = (np.mod(hx, p) - p / 2) ** 2 + (np.mod(hy, p) - p / 2) ** 2 <= 1.25**2
+        tex[dot] *= 0.3
+    elif spec.pattern == "checker":
+        p = 3.0
+        chk = (np.floor(hx / p) + np.floor(hy / p)).astype(np.int64) % 2 == 1
+        tex[chk] *= 0.55
+    elif spec.pattern == "hstripes":
+        on = np.mod(hy, 4.0) < 2.0
+        tex[on] = 0.5 * tex[on] + 0.5 * white
+    elif spec.pattern == "rings":
+        ring = np.sin(2 * np.pi * np.hypot(hx, hy) / 3.5) > 0
+        tex[ring] *= 0.45
+    elif spec.pattern == "spokes":
+        spoke = np.sin(8 * np.arctan2(hy, hx)) > 0
+        tex[spoke] = 0.45 * tex[spoke] + 0.55 * white
+    else:  # pragma: no cover - the specs above are the only patterns
+        raise ValueError(spec.pattern)
+    tex *= (1.0 + 0.06 * _smooth_noise(rng, h, w, 4.0))
+    tex += 0.025 * rng.standard_normal((h, w, 3)).astype(np.float32)
+    return tex
+
+
+# --------------------------------------------------------------------------- objects
+
+
+@dataclass
+class _Patch:
+    """One rendered object in its own square window centred on the object's origin."""
+
+    cls: int  # 1-based class id
+    half: int
+    body: np.ndarray  # bool [S, S], head pixels excluded
+    head: np.ndarray  # bool [S, S]
+    ap: np.ndarray  # frame-local pixel coordinates, for textures
+    bp: np.ndarray
+    su: float
+    sv: float
+    rad: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.body | self.head
+
+
+def _render_patch(rng: np.random.Generator, cls: int, extent: float) -> _Patch:
+    """Rasterise one object of ``extent`` px with a random pose (vectorised implicit shapes)."""
+    spec = _SPECS[cls - 1]
+    theta = float(np.clip(rng.normal(0.0, np.deg2rad(12)), -np.deg2rad(30), np.deg2rad(30)))
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    jit = rng.uniform(-0.12, 0.12)
+    su, sv = extent / 2 * (1 + jit), extent / 2 * (1 - jit)
+    fy, fx = rng.random(2)
+    half = int(math.ceil(1.6 * max(su, sv))) + 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
+    dy, dx = yy - fy, xx - fx
+    c, s = math.cos(theta), math.sin(theta)
+    ap = flip * (c * dx + s * dy)
+    bp = -s * dx + c * dy
+    u, v = ap / su, bp / sv
+    body, head = spec.shape(u, v)
+    body = body & ~head
+    return _Patch(cls, half, body, head, ap, bp, su, sv, np.hypot(u, v) / 1.1)
+
+
+def _window(h: int, w: int, cy: int, cx: int, half: int) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Image and patch slices where a patch centred at (cy, cx) overlaps the image."""
+    y0, x0 = cy - half, cx - half
+    y1, x1 = y0 + 2 * half + 1, x0 + 2 * half + 1
+    iy0, ix0, iy1, ix1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    if iy0 >= iy1 or ix0 >= ix1:
+        return None
+    return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+
+
+def _place(h: int, w: int, patch: np.ndarray, cy: int, cx: int, half: int) -> np.ndarray:
+    out = np.zeros((h, w), dtype=bool)
+    win = _window(h, w, cy, cx, half)
+    if win is not None:
+        out[win[0]] = patch[win[1]]
+    return out
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    """What one image contains, drawn up front so the class balance is controlled."""
+
+    height: int
+    width: int
+    classes: tuple[int, ...]  # in drawing order (later ones occlude earlier ones)
+    scales: tuple[float, ...]  # object extent as a fraction of the shorter image side
+
+
+def _plan_images(cfg: DemoDataConfig) -> list[_ImagePlan]:
+    """Sizes and object classes of all images (train first, then val).
+
+    Classes come from a shuffled deck of the 5 classes, refilled when empty, so class
+    frequencies stay balanced; a second object repeats the first one's class with p=0.3
+    (same-class pairs), otherwise the objects have distinct classes.
+    """
+    rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    n_cls = len(DEMO_CLASSES) - 1
+    weights = np.array([0.4, 0.4, 0.2] + [0.1] * max(0, cfg.max_objects - 3))[: cfg.max_objects]
+    weights = weights / weights.sum()
+    deck: list[int] = []
+
+    def draw(exclude: set[int]) -> int:
+        if len(exclude) >= n_cls:
+            exclude = set()
+        while True:
+            if not deck:
+                deck.extend((rng.permutation(n_cls) + 1).tolist())
+            for i, c in enumerate(deck):
+                if c not in exclude:
+                    return deck.pop(i)
+            deck.extend((rng.permutation(n_cls) + 1).tolist())
+
+    plans = []
+    for _ in range(cfg.n_train + cfg.n_val):
+        while True:
+            hgt, wid = (int(x) for x in rng.integers(cfg.min_side, cfg.max_side + 1, size=2))
+            if hgt != wid:
+                break
+        k = int(rng.choice(np.arange(1, cfg.max_objects + 1), p=weights))
+        classes = [draw(set())]
+        for _ in range(k - 1):
+            if rng.random() < 0.3:
+                classes.append(classes[0])
+            else:
+                classes.append(draw(set(classes)))
+        order = rng.permutation(k)
+        classes = [classes[i] for i in order]
+        scales = np.exp(rng.uniform(np.log(0.22), np.log(0.6), size=k)) * (1.0 - 0.08 * (k - 1))
+        plans.append(_ImagePlan(hgt, wid, tuple(classes), tuple(float(s) for s in scales)))
+    return plans
+
+
+def _layout(
+    rng: np.random.Generator, plan: _ImagePlan
+) -> tuple[list[_Patch], list[tuple[int, int]]]:
+    """Pose and place the objects so every object and every head stays >= half visible.
+
+    Retries with new positions, shrinking the objects every 10 failures; after all tries the
+    best layout found is kept (the mask stays the truth either way).
+    """
+    h, w = plan.height, plan.width
+    side = min(h, w)
+    shrink = 1.0
+    best: tuple[float, list[_Patch], list[tuple[int, int]]] | None = None
+    patches: list[_Patch] = []
+    for attempt in range(_LAYOUT_TRIES):
+        if attempt % 10 == 0:
+            patches = [_render_patch(rng, c, s * side * shrink) for c, s in zip(plan.classes, plan.scales)]
+            shrink *= 0.88
+        centres = []
+        for p in patches:
+            ext = 2 * max(p.su, p.sv)
+            lo_y, hi_y = 0.3 * ext, h - 0.3 * ext
+            lo_x, hi_x = 0.3 * ext, w - 0.3 * ext
+            cy = rng.uniform(lo_y, hi_y) if hi_y > lo_y else h / 2
+            cx = rng.uniform(lo_x, hi_x) if hi_x > lo_x else w / 2
+            centres.append((int(round(cy)), int(round(cx))))
+        covered = np.zeros((h, w), dtype=bool)
+        worst = 1.0
+        for p, (cy, cx) in zip(reversed(patches), reversed(centres)):
+            m = _place(h, w, p.mask, cy, cx, p.half)
+            hd = _place(h, w, p.head, cy, cx, p.half)
+            vis = (m & ~covered).sum() / max(int(p.mask.sum()), 1)
+            vis_head = (hd & ~covered).sum() / max(int(p.head.sum()), 1)
+            worst = min(worst, vis, vis_head)
+            covered |= m
+        if best is None or worst > best[0]:
+            best = (worst, list(patches), list(centres))
+        if worst >= _MIN_VISIBLE:
+            break
+    assert best is not None
+    if best[0] < _MIN_VISIBLE:
+        log.debug("layout kept with visible fraction %.2f after %d tries", best[0], _LAYOUT_TRIES)
+    return best[1], best[2]
+
+
+# --------------------------------------------------------------------------- background
+
+
+def _random_bg_colour(rng: np.random.Generator) -> np.ndarray:
+    sat = rng.uniform(0.03, 0.45) if rng.random() < 0.85 else rng.uniform(0.45, 0.65)
+    return _hsv(rng.uniform(0, 360), sat, rng.uniform(0.22, 0.9))
+
+
+def _blend(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
+    """In place: img = img * (1 - alpha) + colour * alpha (colour: [3] or [H, W, 3])."""
+    a = alpha[..., None]
+    img *= 1.0 - a
+    img += a * colour
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Gradient + band-limited noise + clutter with edges + body-textured distractor blobs."""
+    c1, c2 = _random_bg_colour(rng), _random_bg_colour(rng)
+    ang = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (np.cos(ang) * (xx - w / 2) + np.sin(ang) * (yy - h / 2)) / max(h, w) + 0.5
+    t = np.clip(ramp, 0, 1)[..., None]
+    img = (c1 * (1 - t) + c2 * t).astype(np.float32)
+    coarse = rng.uniform(12, 28)
+    img *= 1.0 + 0.1 * _smooth_noise(rng, h, w, coarse, 1) + 0.035 * _smooth_noise(rng, h, w, coarse, 3)
+    img *= 1.0 + 0.05 * _smooth_noise(rng, h, w, rng.uniform(3, 7), 1)
+
+    canvas = np.zeros((h, w), dtype=np.uint8)
+    for _ in range(int(rng.integers(4, 13))):
+        canvas[:] = 0
+        kind = rng.choice(["line", "rect", "frame", "ellipse", "poly", "stripes"], p=[0.25, 0.15, 0.1, 0.2, 0.15, 0.15])
+        colour = _random_bg_colour(rng)
+        if rng.random() < 0.3:  # sometimes clutter in the shared body's colour family
+            colour = _hsv(rng.uniform(15, 45), rng.uniform(0.12, 0.45), rng.uniform(0.35, 0.72))
+        p0 = (int(rng.integers(-w // 4, w + w // 4)), int(rng.integers(-h // 4, h + h // 4)))
+        if kind == "line":
+            p1 = (int(rng.integers(-w // 4, w + w // 4)), int(rng.integers(-h // 4, h + h // 4)))
+            cv2.line(canvas, p0, p1, 255, int(rng.integers(1, 4)), cv2.LINE_AA)
+        elif kind in ("rect", "frame", "stripes"):
+            p1 = (p0[0] + int(rng.integers(8, w // 2)), p0[1] + int(rng.integers(8, h // 2)))
+            cv2.rectangle(canvas, p0, p1, 255, -1 if kind != "frame" else int(rng.integers(1, 4)))
+        elif kind == "ellipse":
+            axes = (int(rng.integers(4, w // 4)), int(rng.integers(4, h // 4)))
+            cv2.ellipse(canvas, p0, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA)
+        else:
+            n = int(rng.integers(3, 6))
+            r = rng.uniform(6, min(h, w) / 3)
+            angs = np.sort(rng.uniform(0, 2 * np.pi, n))
+            pts = np.stack([p0[0] + r * np.cos(angs), p0[1] + r * np.sin(angs)], 1).round().astype(np.int32)
+            cv2.fillPoly(canvas, [pts], 255, cv2.LINE_AA)
+        alpha = canvas.astype(np.float32) / 255.0 * rng.uniform(0.55, 1.0)
+        if kind == "stripes":
+            th = rng.uniform(0, np.pi)
+            per = rng.uniform(3, 10)
+            on = np.sin(2 * np.pi * (np.cos(th) * xx + np.sin(th) * yy) / per) > 0
+            alpha *= on
+        _blend(img, alpha, colour)
+
+    # distractors: blobs with the SHARED body texture but no class part (background in masks)
+    n_dis = int(rng.choice([0, 1, 2], p=[0.35, 0.4, 0.25]))
+    for _ in range(n_dis):
+        canvas[:] = 0
+        side = min(h, w)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        size = rng.uniform(0.12, 0.35) * side
+        if rng.random() < 0.6:
+            axes = (max(2, int(size / 2)), max(2, int(size / 2 * rng.uniform(0.35, 1.0))))
+            cv2.ellipse(canvas, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA)
+        elif rng.random() < 0.5:
+            ang = rng.uniform(0, np.pi)
+            d = np.array([np.cos(ang), np.sin(ang)]) * size / 2
+            p0 = (int(cx - d[0]), int(cy - d[1]))
+            p1 = (int(cx + d[0]), int(cy + d[1]))
+            cv2.line(canvas, p0, p1, 255, max(2, int(size * rng.uniform(0.12, 0.3))), cv2.LINE_AA)
+        else:
+            n = int(rng.integers(4, 7))
+            angs = np.sort(rng.uniform(0, 2 * np.pi, n))
+            rr = size / 2 * rng.uniform(0.6, 1.0, n)
+            pts = np.stack([cx + rr * np.cos(angs), cy + rr * np.sin(angs)], 1).round().astype(np.int32)
+            cv2.fillPoly(canvas, [pts], 255, cv2.LINE_AA)
+        th = rng.uniform(0, 2 * np.pi)
+        ap = np.cos(th) * (xx - cx) + np.sin(th) * (yy - cy)
+        bp = -np.sin(th) * (xx - cx) + np.cos(th) * (yy - cy)
+        rad = np.hypot(xx - cx, yy - cy) / (size / 2)
+        _blend(img, canvas.astype(np.float32) / 255.0, _body_texture(rng, ap, bp, rad))
+    return img
+
+
+# --------------------------------------------------------------------------- image + mask
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return (x * x + y * y <= r * r + r).astype(np.uint8)
+
+
+def _void_band(inst: np.ndarray, width: int) -> np.ndarray:
+    """VOC-style void band along every object outline (also between touching instances).
+
+    ``ceil(width/2)`` px inside each instance and ``floor(width/2)`` px outside the union of
+    objects; the image border is not an outline (erosion pads with the maximum).
+    """
+    band = np.zeros(inst.shape, dtype=bool)
+    if width <= 0:
+        return band
+    t_in, t_out = (width + 1) // 2, width // 2
+    k_in = _disk(t_in)
+    for v in np.unique(inst):
+        if v == 0:
+            continue
+        region = (inst == v).astype(np.uint8)
+        band |= (region > 0) & (cv2.erode(region, k_in) == 0)
+    if t_out > 0:
+        fg = (inst > 0).astype(np.uint8)
+        band |= (fg == 0) & (cv2.dilate(fg, _disk(t_out)) > 0)
+    return band
+
+
+def _render_image(rng: np.random.Generator, plan: _ImagePlan, void_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB uint8 image and its uint8 class mask (0 background, 1..5, 255 void)."""
+    h, w = plan.height, plan.width
+    img = _background(rng, h, w)
+    patches, centres = _layout(rng, plan)
+    inst = np.zeros((h, w), dtype=np.int32)
+    cls_map = np.zeros((h, w), dtype=np.uint8)
+    light = rng.uniform(0, 2 * np.pi)
+    sh_dx, sh_dy = math.cos(light), math.sin(light)
+    for i, (p, (cy, cx)) in enumerate(zip(patches, centres)):
+        win = _window(h, w, cy, cx, p.half)
+        if win is None:
+            continue
+        iwin, pwin = win
+        mask_f = p.mask.astype(np.float32)
+        # soft drop shadow on what is already there
+        off = 0.06 * 2 * max(p.su, p.sv)
+        m_shift = cv2.warpAffine(
+            mask_f, np.float32([[1, 0, off * sh_dx], [0, 1, off * sh_dy]]), mask_f.shape[::-1]
+        )
+        shadow = cv2.GaussianBlur(m_shift, (0, 0), max(1.0, off / 2)) * rng.uniform(0.2, 0.4)
+        img[iwin] *= 1.0 - shadow[pwin][..., None]
+        # texture: shared body + class head, antialiased edges
+        hu, hv = _SPECS[p.cls - 1].head_centre
+        tex = np.where(
+            p.head[..., None],
+            _head_texture(rng, _SPECS[p.cls - 1], p.ap - hu * p.su, p.bp - hv * p.sv),
+            _body_texture(rng, p.ap, p.bp, p.rad),
+        )
+        alpha = cv2.GaussianBlur(mask_f, (3, 3), 0.6)
+        _blend(img[iwin], alpha[pwin], tex[pwin])
+        m = p.mask[pwin]
+        inst[iwin][m] = i + 1
+        cls_map[iwin][m] = p.cls
+
+    # global lighting, slight camera blur, sensor noise
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ang = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(ang) * (xx - w / 2) + np.sin(ang) * (yy - h / 2)) / max(h, w)
+    gain = rng.uniform(0.8, 1.15) * (1.0 + rng.uniform(0.1, 0.35) * ramp + 0.06 * _smooth_noise(rng, h, w, 30.0)[..., 0])
+    img *= gain[..., None] * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.7))
+    img += rng.uniform(0.008, 0.03) * rng.standard_normal(img.shape).astype(np.float32)
+    rgb = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    label = cls_map.copy()
+    label[_void_band(inst, void_width)] = IGNORE_INDEX
+    return rgb, label
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _looks_like_demo(root: Path) -> bool:
+    try:
+        return (root / "classes.txt").read_text().split() == list(DEMO_CLASSES) and (root / "ImageSets").is_dir()
+    except OSError:
+        return False
+
+
+def generate_demo_dataset(cfg: DemoDataConfig, root: Path) -> None:
+    """Write the demo dataset in the PASCAL VOC layout under ``root``, atomically.
+
+    Layout: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` ('P' mode, VOC palette),
+    ``ImageSets/Segmentation/{train,val}.txt``, ``classes.txt`` and ``cls_labels.tsv``.
+    An existing ``root`` is replaced only if it is an earlier demo dataset (or empty);
+    anything else raises ``FileExistsError`` so user data is never deleted.
+    """
+    root = Path(root)
+    if root.exists() and not (root.is_dir() and (not any(root.iterdir()) or _looks_like_demo(root))):
+        raise FileExistsError(f"{root} exists and is not a demo dataset; refusing to replace it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f".{root.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        _write_dataset(cfg, tmp)
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{tag}"
+            os.rename(root, old)
+            os.rename(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("demo dataset: %d train + %d val images written to %s", cfg.n_train, cfg.n_val, root)
+
+
+def _write_dataset(cfg: DemoDataConfig, out: Path) -> None:
+    (out / "JPEGImages").mkdir()
+    (out / "SegmentationClass").mkdir()
+    (out / "ImageSets" / "Segmentation").mkdir(parents=True)
+    plans = _plan_images(cfg)
+    streams = np.random.SeedSequence(cfg.seed).spawn(len(plans))
+    ids = [f"{_ID_PREFIX}{i + 1:06d}" for i in range(len(plans))]
+    labels: list[str] = []
+    for img_id, plan, ss in zip(ids, plans, streams):
+        rng = np.random.Generator(np.random.PCG64(ss))
+        rgb, label = _render_image(rng, plan, cfg.void_width)
+        Image.fromarray(rgb, mode="RGB").save(
+            out / "JPEGImages" / f"{img_id}.jpg",
+            format="JPEG",
+            quality=cfg.jpeg_quality,
+            subsampling=2,  # 4:2:0, stated so the encoding never depends on defaults
+            optimize=False,
+            progressive=False,
+        )
+        save_label_png(label, out / "SegmentationClass" / f"{img_id}.png")
+        present = [int(c) for c in np.unique(label) if c not in (0, IGNORE_INDEX)]
+        labels.append(f"{img_id}\t{' '.join(str(c) for c in present)}\n")
+    train, val = ids[: cfg.n_train], ids[cfg.n_train :]
+    (out / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in train))
+    (out / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{i}\n" for i in val))
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in DEMO_CLASSES))
+    (out / "cls_labels.tsv").write_text("".join(labels))
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def render_preview(root: Path, out_png: Path, n: int = 8, split: str = "train") -> None:
+    """Write a grid of ``n`` samples of ``split``: image, coloured mask and overlay (rows)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    root, out_png = Path(root), Path(out_png)
+    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[:n]
+    if not ids:
+        raise ValueError(f"{root}: split {split!r} lists no images")
+    classes_file = root / "classes.txt"
+    names = classes_file.read_text().split() if classes_file.exists() else list(DEMO_CLASSES)
+    fig = Figure(figsize=(1.9 * len(ids), 6.4), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, len(ids), squeeze=False)
+    for j, img_id in enumerate(ids):
+        with Image.open(root / "JPEGImages" / f"{img_id}.jpg") as im:
+            rgb = np.asarray(im.convert("RGB"))
+        label = read_label_png(root / "SegmentationClass" / f"{img_id}.png")
+        col = colorize(label)
+        fg = ((label != 0) & (label != IGNORE_INDEX))[..., None]
+        overlay = np.where(fg, (0.45 * rgb + 0.55 * col), rgb).astype(np.uint8)
+        present = [names[c] if c < len(names) else str(c) for c in np.unique(label) if c not in (0, IGNORE_INDEX)]
+        for i, pic in enumerate((rgb, col, overlay)):
+            ax = axes[i, j]
+            ax.imshow(pic, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(f"{img_id}\n{', '.join(present)}", fontsize=7)
+    for i, row in enumerate(("image", "mask", "overlay")):
+        axes[i, 0].set_ylabel(row, fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    log.info("preview of %d %s samples written to %s", len(ids), split, out_png)
