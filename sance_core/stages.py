@@ -33,6 +33,8 @@ STAGES: dict[str, StageEntry] = {
                             help="generate the embedded demo dataset in PASCAL VOC layout"),
     "validate": StageEntry("sance_core.data.validate", "ValidationConfig",
                            help="read every listed image and mask once and write the manifest"),
+    "shard_ids": StageEntry("sance_core.data.shards", "ShardConfig",
+                            help="split one split's ids into the shard lists of the per-image jobs"),
 }
 
 

@@ -48,7 +48,12 @@ def manifest():
 
 def all_targets():
     """What `snakemake all` builds; later stages add theirs to TARGETS in their rule file."""
-    return [manifest(), *TARGETS]
+    return [manifest(), *shard_files(config["data"]["train_split"]), *TARGETS]
 
 
 TARGETS = []
+
+
+def shard_files(split):
+    """The shard id lists of a split (`--set-scatter shard=N` changes their number)."""
+    return scatter.shard(f"{RESULTS}/shards/{split}/{{scatteritem}}.txt")

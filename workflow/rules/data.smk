@@ -52,3 +52,24 @@ rule validate_dataset:
         ENV
     script:
         "../scripts/validate_dataset.py"
+
+
+rule shard_ids:
+    input:
+        manifest=manifest(),
+    output:
+        shards=scatter.shard(f"{RESULTS}/shards/{{{{split}}}}/{{scatteritem}}.txt"),
+    params:
+        cfg=lambda wc: {"split": wc.split},
+    log:
+        f"{LOGS}/shard_ids_{{split}}.log",
+    benchmark:
+        f"{BENCH}/shard_ids_{{split}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../scripts/shard_ids.py"

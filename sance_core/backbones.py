@@ -1,0 +1,109 @@
+"""ResNet backbones shared by the classifier, the SANCE model and DeepLab.
+
+Weights never come from the network: ``weights`` names a local ``.pth`` state dict
+(e.g. torchvision's ImageNet file copied by the user), or is ``None`` for random init.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+# channels of the five stages (stem, layer1..layer4) per architecture
+STAGE_CHANNELS = {
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet34": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+    "resnet101": (64, 256, 512, 1024, 2048),
+}
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet cut into five stages with a chosen output stride (8, 16 or 32).
+
+    Stride 16 dilates stage 5 (dilation 2); stride 8 dilates stage 4 by 2 and stage 5 by 4,
+    as DeepLab and the SANCE paper do. ``forward`` returns the five stage outputs
+    (strides 4, 4, 8, 8|16, 8|16|32 for stem-after-pool, layer1..layer4).
+    """
+
+    def __init__(self, name: str = "resnet50", weights: str | None = None, output_stride: int = 16,
+                 frozen_bn: bool = False) -> None:
+        super().__init__()
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        builder = getattr(torchvision.models, name)
+        if name in ("resnet18", "resnet34"):
+            net = builder(weights=None)
+            _dilate_basic(net, output_stride)
+        else:
+            dilation = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
+            net = builder(weights=None, replace_stride_with_dilation=dilation)
+        if weights:
+            load_backbone_weights(net, weights)
+        self.name = name
+        self.output_stride = output_stride
+        self.channels = STAGE_CHANNELS[name]
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if frozen_bn:
+            freeze_batchnorm(self)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f0 = self.stem(x)
+        f1 = self.layer1(f0)
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return [f0, f1, f2, f3, f4]
+
+
+def _dilate_basic(net: nn.Module, output_stride: int) -> None:
+    """torchvision's BasicBlock refuses ``replace_stride_with_dilation``; dilate by hand."""
+    plan = {8: ((net.layer3, 2), (net.layer4, 4)), 16: ((net.layer4, 2),), 32: ()}[output_stride]
+    for layer, dilation in plan:
+        for i, block in enumerate(layer):
+            if i == 0:
+                block.conv1.stride = (1, 1)
+                if block.downsample is not None:
+                    block.downsample[0].stride = (1, 1)
+                d_first = max(1, dilation // 2)
+            else:
+                d_first = dilation
+            block.conv1.dilation, block.conv1.padding = (d_first, d_first), (d_first, d_first)
+            block.conv2.dilation, block.conv2.padding = (dilation, dilation), (dilation, dilation)
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
+    """Load an ImageNet state dict from a local file, safely, ignoring only the classifier head."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} not found (set weights: null to train from scratch)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the backbone (missing {missing[:5]}..., unexpected {unexpected[:5]}...)"
+        )
+    log.info("loaded backbone weights from %s", path)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm statistics and affine parameters fixed (small batches, as IRNet does)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
