@@ -26,10 +26,19 @@ def shared_data(*parts: str) -> Path:
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile with ``workdir`` as working directory."""
+    """Run the repository's Snakefile with ``workdir`` as working directory.
+
+    Each ``--configfile X`` in ``args`` is layered over the repository's config.yaml, in order
+    (Snakemake's ``--configfile`` takes several values, so they are all moved to the end).
+    """
+    args_list, configfiles = list(args), [str(REPO / "config.yaml")]
+    while "--configfile" in args_list:
+        i = args_list.index("--configfile")
+        configfiles.append(args_list[i + 1])
+        del args_list[i:i + 2]
     cmd = [
         str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(REPO / "config.yaml"), *args,
+        *args_list, "--configfile", *configfiles,
     ]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
