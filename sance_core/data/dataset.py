@@ -16,7 +16,8 @@ import numpy as np
 from sance_core.data.io import DataError, read_image
 from sance_core.data.palette import read_label_png
 
-LABEL_SOURCES = ("masks", "file")
+LABEL_SOURCES = ("masks", "file", "xml")
+FORMATS = ("voc", "tags_csv")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class DatasetSpec:
     split_dir: str = "ImageSets/Segmentation"
     labels: str = "masks"
     label_file: str | None = None
+    annotation_dir: str = "Annotations"  # VOC XML, read when labels is 'xml'
+    format: str = "voc"  # 'tags_csv': ids, splits and labels from tags_file (sance_core.data.readers)
+    tags_file: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
@@ -41,6 +45,12 @@ class DatasetSpec:
             raise ValueError(f"data.classes has duplicates: {list(self.classes)}")
         if len(self.classes) > 255:
             raise ValueError("at most 254 foreground classes fit uint8 labels with 255 = ignore")
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        if self.format == "tags_csv":  # labels come from the tags file; masks are optional
+            if not self.tags_file:
+                raise ValueError("data.format is 'tags_csv' but data.tags_file is not set")
+            return
         if self.labels not in LABEL_SOURCES:
             raise ValueError(f"data.labels must be one of {LABEL_SOURCES}, got {self.labels!r}")
         if self.labels == "file" and not self.label_file:
@@ -61,6 +71,12 @@ class DatasetSpec:
 
     def mask_path(self, image_id: str) -> Path | None:
         return None if not self.mask_dir else Path(self.root) / self.mask_dir / f"{image_id}.png"
+
+    def annotation_path(self, image_id: str) -> Path:
+        return Path(self.root) / self.annotation_dir / f"{image_id}.xml"
+
+    def tags_path(self) -> Path:
+        return Path(self.root) / str(self.tags_file)
 
 
 def read_label_file(path: str | Path, classes: tuple[str, ...]) -> dict[str, list[int]]:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
 from sance_core.data.io import DataError, check_image_id, read_id_list, read_image
 from sance_core.data.palette import IGNORE_INDEX, read_label_png
+from sance_core.data.readers import read_tags_csv, read_voc_xml_labels
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,15 @@ class Problem:
         return f"  [{self.split}] {self.path}: {self.reason}"
 
 
+def _label_source(spec: DatasetSpec) -> str:
+    """'masks', 'file' or 'xml'; a tags table acts as a label file."""
+    return "file" if spec.format == "tags_csv" else spec.labels
+
+
 def _check_one(spec: DatasetSpec, split: str, image_id: str, file_labels: dict[str, list[int]] | None):
     """Return (entry, problems) for one id; never raises for data problems."""
     problems: list[Problem] = []
+    source = _label_source(spec)
     image_path = spec.image_path(image_id)
     try:
         image = read_image(image_path)
@@ -69,7 +76,7 @@ def _check_one(spec: DatasetSpec, split: str, image_id: str, file_labels: dict[s
                 mask = read_label_png(mask_path)
             except (OSError, ValueError) as err:
                 problems.append(Problem(split, image_id, str(mask_path), f"unreadable mask ({err})"))
-        elif spec.labels == "masks":
+        elif source == "masks":
             problems.append(Problem(split, image_id, str(mask_path), "missing mask file"))
     if mask is not None:
         if mask.shape != (height, width):
@@ -87,9 +94,15 @@ def _check_one(spec: DatasetSpec, split: str, image_id: str, file_labels: dict[s
     if problems:
         return None, problems
 
-    if spec.labels == "masks":
+    if source == "masks":
         assert mask is not None
         labels = [int(v) for v in np.unique(mask) if 0 < v < spec.num_classes]
+    elif source == "xml":
+        try:
+            labels = read_voc_xml_labels(spec.annotation_path(image_id), spec.classes)
+        except DataError as err:
+            path, _, reason = str(err).partition(": ")
+            return None, [Problem(split, image_id, path, reason)]
     else:
         assert file_labels is not None
         if image_id not in file_labels:
@@ -107,7 +120,11 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
     if not root.is_dir():
         raise DataError(f"{root}: data root does not exist (data.root in the config)")
     file_labels = None
-    if spec.labels == "file":
+    tags = None
+    if spec.format == "tags_csv":
+        tags = read_tags_csv(spec.tags_path(), spec.classes, spec.image_ext, cfg.splits[0], cfg.splits[-1])
+        file_labels = tags.labels
+    elif spec.labels == "file":
         label_path = Path(spec.label_file)  # type: ignore[arg-type]
         if not label_path.is_absolute():
             label_path = root / label_path
@@ -117,9 +134,9 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
     problems: list[Problem] = []
     manifest = Manifest(dataset=cfg.name, root=str(root), classes=list(spec.classes))
     for split in cfg.splits:
-        split_path = spec.split_path(split)
+        split_path = spec.split_path(split) if tags is None else spec.tags_path()
         try:
-            ids = read_id_list(split_path)
+            ids = read_id_list(split_path) if tags is None else list(tags.splits.get(split, []))
         except DataError as err:
             fatal.append(f"  {err}")
             continue

@@ -27,6 +27,9 @@ def dataset_params():
         "split_dir": d["split_dir"],
         "labels": d["labels"],
         "label_file": d["label_file"],
+        "annotation_dir": d["annotation_dir"],
+        "format": d["format"],
+        "tags_file": d["tags_file"],
     }
 
 
@@ -39,6 +42,8 @@ def dataset_source():
     if config["demo"]["enabled"]:
         return config["data"]["root"]
     d = config["data"]
+    if d["format"] == "tags_csv":
+        return [f"{d['root']}/{d['tags_file']}"]
     return [f"{d['root']}/{d['split_dir']}/{s}.txt" for s in splits()]
 
 
