@@ -144,6 +144,32 @@ def _inspect(p: argparse.ArgumentParser):
     return run
 
 
+@command("coco-masks", "convert COCO instances_*.json into VOC-layout class-mask PNGs + split lists (run once)")
+def _coco_masks(p: argparse.ArgumentParser):
+    p.add_argument("coco_root", help="COCO folder with annotations/instances_<split><year>.json and <split><year>/")
+    p.add_argument("out", help="output dataset root (data.root of workflow/presets/coco14.yaml: resources/coco14)")
+    p.add_argument("--year", default="2014", help="annotation year (default 2014)")
+    p.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert (default train val)")
+    p.add_argument("--crowd", choices=["ignore", "class", "background"], default="ignore",
+                   help="crowd regions become 255 (default), their class, or background")
+    p.add_argument("--images", choices=["symlink", "copy", "hardlink"], default="symlink",
+                   help="how JPEGImages/ gets the images (default symlink)")
+    p.add_argument("--keep-unlabeled", action="store_true", help="also list images without annotations")
+    p.add_argument("--overwrite", action="store_true", help="rewrite existing masks (default: resume)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.data.coco import CocoConversionConfig, convert_coco, standard_sources
+
+        cfg = CocoConversionConfig(crowd=args.crowd, images=args.images, skip_unlabeled=not args.keep_unlabeled,
+                                   overwrite=args.overwrite, workers=args.workers)
+        summary = convert_coco(standard_sources(args.coco_root, args.year, args.splits), args.out, cfg)
+        print(json.dumps(summary.splits, indent=1))
+        print(f"{len(summary.classes) - 1} classes (list in {Path(args.out) / 'classes.txt'})")
+        return 0
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sance_core import __version__
 
