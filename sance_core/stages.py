@@ -35,6 +35,12 @@ STAGES: dict[str, StageEntry] = {
                            help="read every listed image and mask once and write the manifest"),
     "shard_ids": StageEntry("sance_core.data.shards", "ShardConfig",
                             help="split one split's ids into the shard lists of the per-image jobs"),
+    "make_seeds": StageEntry("sance_core.seeds", "SeedConfig",
+                             help="CAM seeds of one shard: Eq. (1) at 0.30 / 0.05, each CRF-refined; 255 = unsure"),
+    "evaluate_cams": StageEntry("sance_core.evaluation", "CAMEvalConfig", "run_cam_evaluation",
+                                help="CAM mIoU of a split over a background-threshold sweep (best + curve)"),
+    "evaluate_seeds": StageEntry("sance_core.evaluation", "SeedEvalConfig", "run_seed_evaluation",
+                                 help="seed precision, coverage and mIoU of the confident pixels"),
 }
 
 
