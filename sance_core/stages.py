@@ -41,6 +41,12 @@ STAGES: dict[str, StageEntry] = {
                                 help="CAM mIoU of a split over a background-threshold sweep (best + curve)"),
     "evaluate_seeds": StageEntry("sance_core.evaluation", "SeedEvalConfig", "run_seed_evaluation",
                                  help="seed precision, coverage and mIoU of the confident pixels"),
+    "evaluate_contours": StageEntry("sance_core.edge_eval", "ContourEvalConfig",
+                                    help="ODS/OIS/AP and PR curve of a mode's contour maps (BSDS/SBD matching)"),
+    "summarize": StageEntry("sance_core.summary", "SummaryConfig", "run_summary",
+                            help="one mode's summary.json/tsv from the evaluation JSONs"),
+    "ablation_table": StageEntry("sance_core.summary", "AblationConfig", "run_ablation",
+                                 help="the ablation table (TSV + Markdown) across modes from their summaries"),
 }
 
 
