@@ -1,0 +1,191 @@
+"""Stage 2, the CAM classifier: shapes, the CAM/logit identity, learning, resuming, stage outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sance_core.classifier import (
+    CAMClassifier,
+    ClassifierConfig,
+    EpochBatches,
+    batch_metrics,
+    build_from_config,
+    load_training_set,
+    model_config,
+    run_stage,
+    train,
+)
+from sance_core.config import ConfigError, from_dict
+from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.training import CHECKPOINT_FILE, load_model
+
+CLASSES = ("background", "a", "b", "c")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a busy shared CPU, OpenMP barriers across threads stall badly."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_dataset(root: Path, n: int = 6, seed: int = 0) -> tuple[DatasetSpec, Path]:
+    """A tiny VOC-layout folder (images only) and its manifest; sizes differ per image."""
+    rng = np.random.default_rng(seed)
+    (root / "JPEGImages").mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        h, w = 30 + 3 * i, 40 - 2 * i
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "JPEGImages" / f"img{i}.jpg")
+        labels = [] if i == n - 1 else sorted({1 + i % 3, 1 + (i * 2) % 3})
+        entries.append({"id": f"img{i}", "height": h, "width": w, "labels": labels, "has_mask": False})
+    manifest = Manifest("toy", str(root), list(CLASSES), {"train": entries})
+    manifest.save(root / "manifest.json")
+    spec = DatasetSpec(root=str(root), classes=CLASSES)
+    return spec, root / "manifest.json"
+
+
+def small_config(spec: DatasetSpec, **kw) -> ClassifierConfig:
+    base = dict(dataset=spec, epochs=2, batch_size=2, crop_size=32, lr=0.01, device="cpu", seed=3)
+    base.update(kw)
+    return ClassifierConfig(**base)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_forward_and_cam_shapes(backbone):
+    torch.manual_seed(0)
+    model = CAMClassifier(5, backbone).eval()
+    x = torch.randn(2, 3, 70, 50)
+    with torch.no_grad():
+        logits, cams = model(x), model.cam(x)
+    assert logits.shape == (2, 5)
+    assert cams.shape == (2, 5, 5, 4)  # output stride 16: ceil(70/16), ceil(50/16)
+    assert model.classifier.bias is None
+
+
+def test_logits_are_the_spatial_mean_of_the_cams():
+    # the head is linear and bias-free, so pooling commutes with it: CAMs explain the logits exactly
+    torch.manual_seed(1)
+    model = CAMClassifier(3, "resnet18").eval()
+    x = torch.randn(3, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.cam(x).mean(dim=(2, 3)), atol=1e-5)
+
+
+def test_param_groups_give_the_head_its_own_rate():
+    model = CAMClassifier(3, "resnet18")
+    groups = model.param_groups(0.1, 10.0, 1e-4)
+    assert [g["initial_lr"] for g in groups] == [0.1, 1.0]
+    n_params = sum(1 for _ in model.parameters())
+    assert sum(len(g["params"]) for g in groups) == n_params
+    assert groups[1]["params"] == [model.classifier.weight]
+
+
+def test_a_few_steps_on_a_fixed_batch_reduce_the_loss():
+    torch.manual_seed(0)
+    model = CAMClassifier(4, "resnet18")
+    optimizer = torch.optim.SGD(model.param_groups(0.01, 10.0, 1e-4), lr=0.01, momentum=0.9)
+    x = torch.randn(4, 3, 48, 48)
+    y = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)
+    losses = []
+    for _ in range(8):
+        loss = F.multilabel_soft_margin_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_batch_metrics_against_hand_computed_values():
+    logits = torch.tensor([[2.0, -1.0], [1.0, 3.0], [-2.0, 0.5]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    m = batch_metrics(logits, labels)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # class 0 ranking 2, 1, -2 -> hits 1, 0, 1: AP = (1 + 2/3) / 2; class 1 ranking 3, 0.5, -1 -> hits 1, 1, 0: AP 1
+    assert m["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_epoch_batches_are_seeded_complete_and_drop_the_remainder():
+    a = list(EpochBatches(7, 3, seed=1, epoch=0))
+    assert len(a) == 2 and all(len(b) == 3 for b in a)
+    assert len({i for b in a for i, _ in b}) == 6
+    assert a == list(EpochBatches(7, 3, seed=1, epoch=0))
+    assert a != list(EpochBatches(7, 3, seed=1, epoch=1))
+    assert list(EpochBatches(7, 3, seed=1, epoch=0, start_batch=1)) == a[1:]
+    assert len(EpochBatches(2, 16, seed=0, epoch=0)) == 1  # fewer images than a batch: one smaller batch
+
+
+def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
+    spec, manifest = make_dataset(tmp_path / "data", n=6)
+    cfg = small_config(spec)
+    data = load_training_set(cfg, manifest)  # 6 images, batch 2 -> 3 steps per epoch, 6 in all
+    full, full_metrics = train(cfg, data)
+
+    resume = tmp_path / "resume"
+    cfg_r = replace(cfg, resume_dir=str(resume))
+    _, stopped = train(cfg_r, data, stop_after_step=4)  # a "crash" in the middle of epoch 2
+    assert stopped["step"] == 4 and (resume / CHECKPOINT_FILE).is_file()
+    resumed, metrics = train(cfg_r, data)
+    assert metrics["step"] == full_metrics["step"] == 6
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert metrics["loss"] == pytest.approx(full_metrics["loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    spec, manifest = make_dataset(tmp_path / "data", n=4)
+    cfg = small_config(spec, resume_dir=str(tmp_path / "resume"))
+    data = load_training_set(cfg, manifest)
+    train(cfg, data, stop_after_step=1)
+    with pytest.raises(ValueError, match="lr"):
+        train(replace(cfg, lr=0.02), data)
+
+
+def test_run_stage_writes_model_config_history_and_curve(tmp_path):
+    spec, manifest = make_dataset(tmp_path / "data", n=4)
+    out = tmp_path / "classifier"
+    resume = tmp_path / "resume"
+    cfg = small_config(spec, epochs=2, resume_dir=str(resume))
+    outputs = {k: str(out / f) for k, f in
+               (("model", "model.pt"), ("config", "config.json"), ("history", "history.csv"), ("curve", "curve.png"))}
+    metrics = run_stage(cfg, {"manifest": str(manifest)}, outputs)
+    assert metrics["step"] == 4
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(float(r["step"])) for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "lr", "accuracy", "map", "epoch"} <= set(rows[0])
+    assert (out / "curve.png").stat().st_size > 1000
+    state, config = load_model(out, {"classes": list(CLASSES), "backbone": "resnet18"})
+    model = build_from_config(config)
+    model.load_state_dict(state, strict=True)
+    assert config == json.loads(json.dumps(model_config(cfg)))
+    assert not (resume / CHECKPOINT_FILE).exists()  # done: a later run with other settings starts afresh
+
+
+def test_config_errors_name_the_key(tmp_path):
+    spec = {"root": str(tmp_path), "classes": list(CLASSES)}
+    with pytest.raises(ConfigError, match="backbone"):
+        from_dict(ClassifierConfig, {"dataset": spec, "backbone": "resnet7"})
+    with pytest.raises(ConfigError, match="scale_range"):
+        from_dict(ClassifierConfig, {"dataset": spec, "scale_range": [1.2, 0.8]})
+    with pytest.raises(ConfigError, match="epoch"):
+        from_dict(ClassifierConfig, {"dataset": spec, "epoch": 3})
+
+
+def test_training_set_refuses_a_manifest_of_other_classes(tmp_path):
+    spec, manifest = make_dataset(tmp_path / "data", n=3)
+    other = replace(spec, classes=("background", "x", "y", "z"))
+    with pytest.raises(ValueError, match="classes"):
+        load_training_set(small_config(other), manifest)
