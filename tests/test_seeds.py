@@ -184,3 +184,51 @@ def test_stage_errors(tmp_path):
         run_stage("make_seeds", {"dataset": spec_params(root), "bg_threshold": 0.5}, {}, {})
     with pytest.raises(ConfigError, match="unknown key"):
         run_stage("make_seeds", {"dataset": spec_params(root), "crf": {"sxy": 3}}, {}, {})
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Job counts of a dry run's 'Job stats' table ({} when nothing is to be done)."""
+    jobs: dict[str, int] = {}
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        return jobs
+    for line in lines[lines.index("Job stats:") + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_param_changes_rerun_only_the_stages_that_read_them(workdir, tiny_config, tmp_path):
+    """Run the tiny pipeline up to the CAM/seed evaluations, then edit a config copy and dry-run."""
+    import yaml
+
+    from conftest import run_snakemake
+
+    targets = ["results/tiny/eval/seeds.json", "results/tiny/eval/cam.json"]
+    run_snakemake(workdir, "--configfile", str(tiny_config), "--cores", "2", *targets)
+
+    def merge(base: dict, change: dict) -> dict:
+        out = dict(base)
+        for key, value in change.items():
+            out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return out
+
+    tiny = yaml.safe_load(tiny_config.read_text())
+
+    def planned(change: dict) -> dict[str, int]:
+        path = tmp_path / "edited.yaml"  # an edited copy of the tiny config
+        path.write_text(yaml.safe_dump(merge(tiny, change)))
+        proc = run_snakemake(workdir, "-n", *targets, "--configfile", str(path))
+        return planned_jobs(proc.stdout + proc.stderr)
+
+    assert planned({}) == {}
+    cams_and_seeds = {"extract_cams": 2, "evaluate_cams": 1, "make_seeds": 2, "evaluate_seeds": 1}
+    assert planned({"cam": {"scales": [1.0]}}) == cams_and_seeds
+    seeds_only = {"make_seeds": 2, "evaluate_seeds": 1}
+    assert planned({"seeds": {"fg_threshold": 0.4, "bg_threshold": 0.1}}) == seeds_only
+    assert planned({"seeds": {"crf": {"iterations": 5}}}) == seeds_only
+    assert planned({"evaluation": {"cam_thresholds": [0.1, 0.2]}}) == {"evaluate_cams": 1}
