@@ -1,0 +1,207 @@
+"""Pseudo-label synthesis: propagation + background constant on hand-made maps, TTA maps, the
+four stages on a tiny on-disk dataset (maps, labels, PNGs, evaluation)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sance_core.config import from_dict
+from sance_core.data.dataset import Manifest
+from sance_core.data.palette import read_label_png, save_label_png
+from sance_core.models import build_sance_model
+from sance_core.pseudo_labels import (
+    EvalConfig,
+    ExportConfig,
+    MapsConfig,
+    PseudoLabelConfig,
+    predict_maps,
+    run_eval,
+    run_export_pngs,
+    run_infer_maps,
+    run_make_pseudo_labels,
+    synthesize_label,
+)
+from sance_core.sance_training import SanceConfig, model_config
+from sance_core.storage import ArtifactReader, ArtifactWriter
+from sance_core.training import save_model
+
+CLASSES = ["background", "a", "b"]
+
+
+def test_contour_stops_propagation_and_background_takes_the_rest():
+    # class 1 fires in a small spot of the left block; a closed contour column separates the halves
+    h4, w4 = 8, 12
+    contour = np.zeros((h4, w4), np.float32)
+    contour[:, 6] = 1.0
+    scores = np.zeros((1, h4, w4), np.float32)
+    scores[0, 3:5, 1:3] = 1.0
+    label = synthesize_label(scores, [1], contour, (32, 48), radius=5, beta=10, exp_times=4, tau_b=0.25)
+    assert label.shape == (32, 48) and label.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1}
+    assert (label[:, 28:] == 0).all()  # nothing crosses the contour
+    assert label[:, :20].mean() > 0.5  # the spot spread over its block
+
+
+def test_keys_map_channels_to_class_ids_and_global_max_keeps_weak_classes_weak():
+    h4, w4 = 4, 8
+    contour = np.zeros((h4, w4), np.float32)
+    contour[:, 4] = 1.0
+    scores = np.zeros((2, h4, w4), np.float32)
+    scores[0, :, :4] = 1.0  # strong class on the left
+    scores[1, :, 5:] = 0.1  # weak class on the right: 0.1 of the global max < tau_b
+    label = synthesize_label(scores, [2, 5], contour, (16, 32), exp_times=0, tau_b=0.25)
+    assert (label[:, :14] == 2).all()
+    assert (label[:, 22:] == 0).all()
+    label = synthesize_label(scores, [2, 5], contour, (16, 32), exp_times=0, tau_b=0.05)
+    assert (label[:, 22:] == 5).all()
+
+
+def test_no_present_class_gives_background_and_bad_shapes_fail():
+    assert (synthesize_label(np.zeros((0, 3, 3)), [], np.zeros((3, 3)), (10, 12)) == 0).all()
+    with pytest.raises(ValueError, match="disagree"):
+        synthesize_label(np.zeros((1, 3, 3)), [1], np.zeros((3, 4)), (10, 12))
+    with pytest.raises(ValueError, match="do not cover"):
+        synthesize_label(np.zeros((1, 3, 3)), [1], np.zeros((3, 3)), (20, 12))
+
+
+def test_tta_maps_are_on_the_stride4_grid_and_flip_equivariant():
+    torch.manual_seed(0)
+    model = build_sance_model(3, "resnet18", 16, aspp_rates=(1,)).eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (30, 41, 3), dtype=np.uint8)
+    contour, seg = predict_maps(model, image, scales=(1.0, 0.5), flip=True)
+    assert contour.shape == (math.ceil(30 / 4), math.ceil(41 / 4)) and seg.shape == (3, *contour.shape)
+    assert np.allclose(seg.sum(axis=0), 1.0, atol=1e-4) and 0 <= contour.min() and contour.max() <= 1
+    contour_f, seg_f = predict_maps(model, image[:, ::-1].copy(), scales=(1.0, 0.5), flip=True)
+    assert np.allclose(contour_f, contour[:, ::-1], atol=1e-4)
+    assert np.allclose(seg_f, seg[:, :, ::-1], atol=1e-4)
+
+
+# ------------------------------------------------------------------ the stages on disk
+
+
+def _dataset(root: Path) -> tuple[dict, list[str], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    ids, masks = ["im1", "im2"], {}
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    entries = []
+    for i, image_id in enumerate(ids):
+        h, w = 24 + 4 * i, 30
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        mask = np.zeros((h, w), np.uint8)
+        mask[4:12, 5:15] = i + 1
+        mask[0, 0] = 255
+        save_label_png(mask, root / "SegmentationClass" / f"{image_id}.png")
+        masks[image_id] = mask
+        entries.append({"id": image_id, "height": h, "width": w, "labels": [i + 1]})
+    Manifest("t", str(root), CLASSES, {"train": entries}).save(root / "manifest.json")
+    (root / "shard.txt").write_text("".join(f"{i}\n" for i in ids))
+    return {"root": str(root), "classes": CLASSES}, ids, masks
+
+
+@pytest.fixture
+def trained(tmp_path):
+    ds, ids, masks = _dataset(tmp_path / "data")
+    paths = {}
+    for mode, seg in (("sance", True), ("irnet", False)):
+        cfg = from_dict(SanceConfig, {"dataset": ds, "mode": mode, "backbone": "resnet18", "output_stride": 16,
+                                      "aspp_rates": [1, 2]})
+        torch.manual_seed(0)
+        model = build_sance_model(3, "resnet18", 16, seg_branch=seg, aspp_rates=(1, 2))
+        save_model(model, model_config(cfg), tmp_path / mode)
+        paths[mode] = tmp_path / mode / "model.pt"
+    return tmp_path, ds, ids, masks, paths
+
+
+def test_stages_write_maps_labels_pngs_and_evaluation(trained):
+    tmp, ds, ids, masks, models = trained
+    data = Path(ds["root"])
+    common = {"shard": str(data / "shard.txt"), "manifest": str(data / "manifest.json")}
+    maps = tmp / "maps.h5"
+    run_infer_maps(from_dict(MapsConfig, {"dataset": ds, "mode": "sance", "scales": [1.0]}),
+                   {"model": str(models["sance"]), **common}, {"maps": str(maps)})
+    with ArtifactReader(maps, expect_stage="maps") as r:
+        assert r.ids() == ids
+        assert r.read("im2", "seg").shape == (3, 7, 8) and r.read("im2", "contour").shape == (7, 8)
+        assert r.image_attrs("im2")["size"] == [28, 30]
+    labels = tmp / "labels.h5"
+    run_make_pseudo_labels(from_dict(PseudoLabelConfig, {"dataset": ds, "mode": "sance", "tau_b": 0.3}),
+                           {"maps": str(maps), **common}, {"labels": str(labels)})
+    with ArtifactReader(labels, expect_stage="pseudo_labels") as r:
+        assert r.attrs["tau_b"] == 0.3
+        for i, image_id in enumerate(ids):
+            label = r.read(image_id, "label")
+            assert label.shape == masks[image_id].shape
+            assert set(np.unique(label)) <= {0, i + 1}  # only the image's own class
+    png = tmp / "png"
+    assert run_export_pngs(ExportConfig(), {"labels": [str(labels)]}, {"png": str(png)}) == 2
+    with ArtifactReader(labels) as r:
+        assert np.array_equal(read_label_png(png / "im1.png"), r.read("im1", "label"))
+    assert Image.open(png / "im1.png").mode == "P"
+    out = {"json": str(tmp / "eval.json"), "tsv": str(tmp / "eval.tsv")}
+    result = run_eval(from_dict(EvalConfig, {"dataset": ds, "tau_b": 0.3}), {"labels": [str(labels)], **common}, out)
+    saved = json.loads(Path(out["json"]).read_text())
+    assert saved["n_images"] == 2 and saved["tau_b"] == 0.3 and 0 <= saved["miou"] <= 1
+    assert set(saved["iou"]) == set(CLASSES) and saved["miou"] == pytest.approx(result["miou"])
+    with pytest.raises(Exception, match="tau_b"):
+        run_eval(from_dict(EvalConfig, {"dataset": ds, "tau_b": 0.25}), {"labels": [str(labels)], **common}, out)
+
+
+def test_irnet_labels_come_from_the_cams(trained):
+    tmp, ds, ids, masks, models = trained
+    data = Path(ds["root"])
+    common = {"shard": str(data / "shard.txt"), "manifest": str(data / "manifest.json")}
+    maps = tmp / "maps_irnet.h5"
+    run_infer_maps(from_dict(MapsConfig, {"dataset": ds, "mode": "irnet", "scales": [1.0], "flip": False}),
+                   {"model": str(models["irnet"]), **common}, {"maps": str(maps)})
+    with ArtifactReader(maps) as r:
+        assert r.keys("im1") == ["contour"]
+    # CAMs equal to the masks' objects: the pseudo labels recover the objects
+    cam = tmp / "cam.h5"
+    with ArtifactWriter(cam, stage="cam") as w:
+        for i, image_id in enumerate(ids):
+            m = masks[image_id] == i + 1
+            h4, w4 = math.ceil(m.shape[0] / 4), math.ceil(m.shape[1] / 4)
+            small = np.zeros((h4 * 4, w4 * 4), np.float32)
+            small[: m.shape[0], : m.shape[1]] = m
+            w.add(image_id, {"cam_stride4": small.reshape(h4, 4, w4, 4).mean(axis=(1, 3))[None]},
+                  {"class_keys": [i + 1], "size": list(m.shape), "stride": 4})
+    labels = tmp / "labels_irnet.h5"
+    cfg = from_dict(PseudoLabelConfig, {"dataset": ds, "mode": "irnet", "map": "cam", "exp_times": 0})
+    with pytest.raises(ValueError, match="CAM shard"):
+        run_make_pseudo_labels(cfg, {"maps": str(maps), **common}, {"labels": str(labels)})
+    run_make_pseudo_labels(cfg, {"maps": str(maps), "cam": str(cam), **common}, {"labels": str(labels)})
+    out = {"json": str(tmp / "e.json"), "tsv": str(tmp / "e.tsv")}
+    result = run_eval(from_dict(EvalConfig, {"dataset": ds, "mode": "irnet", "map": "cam"}),
+                      {"labels": [str(labels)], **common}, out)
+    assert result["miou"] > 0.6
+
+
+def test_seg_map_is_required_for_map_seg(trained):
+    tmp, ds, ids, masks, models = trained
+    data = Path(ds["root"])
+    common = {"shard": str(data / "shard.txt"), "manifest": str(data / "manifest.json")}
+    maps = tmp / "m.h5"
+    run_infer_maps(from_dict(MapsConfig, {"dataset": ds, "mode": "irnet", "scales": [1.0], "flip": False}),
+                   {"model": str(models["irnet"]), **common}, {"maps": str(maps)})
+    with pytest.raises(Exception, match="no 'seg' map"):
+        run_make_pseudo_labels(from_dict(PseudoLabelConfig, {"dataset": ds, "mode": "irnet"}),
+                               {"maps": str(maps), **common}, {"labels": str(tmp / "l.h5")})
+    assert not (tmp / "l.h5").exists()
+
+
+def test_a_model_of_another_mode_is_refused(trained):
+    tmp, ds, ids, masks, models = trained
+    data = Path(ds["root"])
+    with pytest.raises(ValueError, match="mode"):
+        run_infer_maps(from_dict(MapsConfig, {"dataset": ds, "mode": "sance"}),
+                       {"model": str(models["irnet"]), "shard": str(data / "shard.txt"),
+                        "manifest": str(data / "manifest.json")}, {"maps": str(tmp / "x.h5")})
