@@ -62,3 +62,107 @@ TARGETS = []
 def shard_files(split):
     """The shard id lists of a split (`--set-scatter shard=N` changes their number)."""
     return scatter.shard(f"{RESULTS}/shards/{split}/{{scatteritem}}.txt")
+
+
+# Stages 5-6 (SANCE and its pseudo labels): every mode of config["modes"] writes under its own
+# folder; a mode gets only the settings it uses, so e.g. changing the label refine module
+# reruns 'sance' and leaves 'irnet' and 'sance_naive' alone.
+SANCE_MODES = ("irnet", "sance_naive", "sance")
+SANCE_MODE_RE = "|".join(SANCE_MODES)
+SANCE_TRAIN_KEYS = (
+    "backbone", "weights", "init_from_classifier", "output_stride", "frozen_bn", "contour_channels",
+    "epochs", "batch_size", "crop_size", "scale_range", "lr", "new_lr_mult", "weight_decay", "momentum",
+    "poly_power", "contour_radius", "contour_power", "amp",
+)
+
+
+def mode_dir(mode):
+    """Results folder of one ablation mode: results/<name>/<mode>."""
+    return f"{RESULTS}/{mode}"
+
+
+def sance_modes():
+    return list(config["modes"])
+
+
+def sance_train_params(mode):
+    s = config["sance"]
+    params = {
+        "dataset": dataset_params(),
+        "mode": mode,
+        "split": config["data"]["train_split"],
+        **{k: s[k] for k in SANCE_TRAIN_KEYS},
+        "seed": config["seed"],
+        "device": config["device"],
+        "workers": config["workers"],
+        "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
+    }
+    if mode == "irnet":  # contour branch and CAM seeds only
+        params["loss_weights"] = {"cam_contour": s["loss_weights"]["cam_contour"]}
+        return params
+    params["aspp_rates"] = list(s["aspp_rates"])
+    params["loss_weights"] = dict(s["loss_weights"])
+    params["paste"] = dict(s["paste"])
+    online = dict(s["online"])
+    if mode == "sance_naive":  # no label refine module
+        online = {k: v for k, v in online.items() if not k.startswith(("refine", "saliency", "crf"))}
+    elif online["refine"] != "saliency":
+        online = {k: v for k, v in online.items() if not k.startswith("saliency")}
+    params["online"] = online
+    return params
+
+
+def sance_train_inputs(wildcards):
+    """The manifest, the CAM seeds and, when the backbone starts from it, the classifier."""
+    inputs = {
+        "manifest": manifest(),
+        "seeds": scatter.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5"),
+    }
+    if config["sance"]["init_from_classifier"]:
+        inputs["classifier"] = f"{RESULTS}/classifier/model.pt"
+    return inputs
+
+
+def pseudo_label_map(mode):
+    return config["pseudo_labels"]["map"][mode]
+
+
+def infer_maps_params(mode):
+    p = config["pseudo_labels"]
+    return {
+        "dataset": dataset_params(),
+        "mode": mode,
+        "split": config["data"]["train_split"],
+        "scales": list(p["scales"]),
+        "flip": p["flip"],
+        "device": config["device"],
+        "compression": config["artifacts"]["compression"],
+    }
+
+
+def make_pseudo_labels_params(mode):
+    p = config["pseudo_labels"]
+    return {
+        "dataset": dataset_params(),
+        "mode": mode,
+        "split": config["data"]["train_split"],
+        "map": pseudo_label_map(mode),
+        **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b")},
+        "compression": config["artifacts"]["compression"],
+    }
+
+
+def make_pseudo_labels_inputs(wildcards):
+    """The mode's maps of the shard, its id list, the manifest and, for map 'cam', the CAM shard."""
+    inputs = {
+        "maps": f"{mode_dir(wildcards.mode)}/maps/{wildcards.shard}.h5",
+        "shard": f"{RESULTS}/shards/{config['data']['train_split']}/{wildcards.shard}.txt",
+        "manifest": manifest(),
+    }
+    if pseudo_label_map(wildcards.mode) == "cam":
+        inputs["cam"] = f"{RESULTS}/cam/{wildcards.shard}.h5"
+    return inputs
+
+
+def pseudo_label_targets(mode):
+    return [f"{mode_dir(mode)}/eval/pseudo_labels.json", f"{mode_dir(mode)}/pseudo_labels/png"]
