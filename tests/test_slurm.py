@@ -1,0 +1,348 @@
+"""The SLURM profile on a real scheduler: the tiny pipeline through sbatch equals a local run.
+
+A single-node SLURM cluster on 127.0.0.1 is started for the module (tests/slurm_cluster.py:
+munged, slurmctld and slurmd from pid files under a temporary folder; installed with
+apt-get when missing) and stopped afterwards. ``snakemake all`` on tests/configs/tiny.yaml
+runs once through a profile derived from workflow/profiles/slurm (same executor and
+per-rule resource expressions; no GPU requests, memory capped to the test node, squeue for
+job status because the test cluster has no accounting) and once locally; every Snakemake
+job must have gone through sbatch, and every output file must be equal.
+
+Root is needed to run slurmd. Under CI (CI=true) a missing prerequisite fails the test;
+elsewhere it is skipped with the reason. SANCE_SKIP_SLURM=1 skips it on purpose (never in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BIN, REPO
+from slurm_cluster import SlurmCluster, SlurmSetupError, SystemConfBusy, install_slurm, is_root
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+PROFILE = REPO / "workflow" / "profiles" / "slurm"
+# hard limits: the whole tiny pipeline takes ~1 min locally; through SLURM every job also
+# pays a Snakemake start-up inside its allocation and the status-check latency
+LOCAL_TIMEOUT = 600
+SLURM_TIMEOUT = int(os.environ.get("SANCE_SLURM_TEST_TIMEOUT", "900"))
+# resource keys that only make sense on a real cluster (the test node has no GPU, account or partition)
+CLUSTER_ONLY = ("gpu", "gres", "gpu_model", "slurm_partition", "slurm_account", "constraint", "qos", "cpus_per_gpu")
+# JSON keys / table columns that legitimately differ between two runs (wall-clock measurements)
+TIMING = re.compile(r"(^|_)(time|times|seconds|secs|sec|elapsed|duration|wall|runtime|timestamp|date|started|finished|host|hostname|pid)($|_)|_s$",
+                    re.IGNORECASE)
+
+
+def _unavailable(reason: str) -> None:
+    """A missing prerequisite: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"SLURM test prerequisite missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.environ.get("SANCE_SKIP_SLURM") == "1" and not IN_CI:
+        pytest.skip("SANCE_SKIP_SLURM=1")
+    if not is_root():
+        _unavailable("starting a SLURM test cluster needs root (slurmd runs the jobs)")
+    try:
+        install_slurm()
+    except SlurmSetupError as err:
+        _unavailable(str(err))
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except SystemConfBusy as err:
+        _unavailable(str(err))
+    yield c
+    c.stop()
+
+
+def list_rules() -> list[str]:
+    proc = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--list-rules",
+                           "--configfile", str(REPO / "config.yaml"), str(TINY)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [line.split()[0] for line in proc.stdout.splitlines() if line.strip() and line.split()[0] != "all"]
+
+
+def write_test_profile(out: Path, rules: list[str], cluster: SlurmCluster) -> Path:
+    """The real profile, adapted to a one-node test cluster without GPUs or accounting."""
+    cfg = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert cfg["executor"] == "slurm"
+    cap = max(500, cluster.real_memory // 2)  # two jobs side by side on the test node
+    resources = {}
+    for rule, values in (cfg.get("set-resources") or {}).items():
+        kept = {k: v for k, v in values.items() if k not in CLUSTER_ONLY}
+        if "mem_mb" in kept:
+            kept["mem_mb"] = f"min({kept['mem_mb']}, {cap})"  # still evaluated with attempt
+        resources[rule] = kept
+    cfg.update({
+        "set-resources": resources,
+        # identical threads in both runs: CPU training is bit-reproducible at a fixed thread count
+        "set-threads": {rule: 1 for rule in rules},
+        "jobs": 4,
+        "retries": 0,
+        "keep-going": False,
+        "latency-wait": 5,
+        "max-jobs-per-second": 20,
+        "slurm-status-command": "squeue",  # no slurmdbd: sacct cannot answer (MinJobAge 300 >= 3 x 2)
+        "slurm-init-seconds-before-status-checks": POLL_SECONDS,
+        "seconds-between-status-checks": POLL_SECONDS,
+        "slurm-no-account": True,
+        "slurm-keep-successful-logs": True,  # the evidence that each job ran under SLURM
+    })
+    assert cluster.min_job_age >= 3 * cfg["slurm-init-seconds-before-status-checks"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+# The plugin polls job status with a back-off of +10 s per poll that found nothing finished
+# (up to 180 s; gentle on a busy slurmctld, no option to change it). On the one-node test
+# cluster that is pure idle time (a 40 s job is noticed after 68 s), so the test's Snakemake
+# process caps the interval at POLL_SECONDS; submission and status logic are untouched.
+POLL_SECONDS = 2
+FAST_POLL = f"""
+import sys
+from snakemake_executor_plugin_slurm import Executor
+_prop = Executor.next_seconds_between_status_checks
+def _capped(self, value):
+    _prop.fset(self, min(value, {POLL_SECONDS}))
+Executor.next_seconds_between_status_checks = property(_prop.fget, _capped)
+from snakemake.cli import main
+sys.argv[0] = "snakemake"
+sys.exit(main())
+"""
+
+
+def snakemake_cmd(workdir: Path, *args: str, fast_poll: bool = False) -> list[str]:
+    program = [str(BIN / "python"), "-c", FAST_POLL] if fast_poll else [str(BIN / "snakemake")]
+    return [*program, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            *args, "--configfile", str(REPO / "config.yaml"), str(TINY)]
+
+
+def run_bounded(cmd: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    """Snakemake under `timeout -k 30`: a hung run (it ignores repeated SIGTERM) is killed for sure."""
+    proc = subprocess.run(["timeout", "-k", "30", str(timeout), *cmd], capture_output=True, text=True, env=env,
+                          timeout=timeout + 60)
+    if proc.returncode in (124, 137):
+        pytest.fail(f"snakemake did not finish within {timeout} s:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(dry_run_output: str) -> Counter:
+    """Rule -> number of jobs from Snakemake's 'Job stats' table (the `all` target excluded)."""
+    counts: Counter = Counter()
+    lines = dry_run_output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        if parts[0] != "all":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+# -- comparing two result trees --------------------------------------------------------------
+
+def _relative(value, roots: tuple[str, ...]):
+    if isinstance(value, str):
+        for root in roots:
+            value = value.replace(root, "<workdir>")
+    return value
+
+
+def compare_json(a, b, where: str, roots: tuple[str, ...]) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where}: keys differ {sorted(set(a) ^ set(b))}"]
+        out = []
+        for k in a:
+            if not TIMING.search(str(k)):
+                out += compare_json(a[k], b[k], f"{where}.{k}", roots)
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: lengths {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in compare_json(x, y, f"{where}[{i}]", roots)]
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return []
+    return [] if _relative(a, roots) == _relative(b, roots) else [f"{where}: {a!r} != {b!r}"]
+
+
+def compare_table(a: Path, b: Path, roots: tuple[str, ...]) -> list[str]:
+    sep = "\t" if a.suffix == ".tsv" else ","
+    rows_a = [line.split(sep) for line in a.read_text().splitlines()]
+    rows_b = [line.split(sep) for line in b.read_text().splitlines()]
+    if len(rows_a) != len(rows_b) or not rows_a or rows_a[0] != rows_b[0]:
+        return [f"{a.name}: header or row count differs"]
+    keep = [i for i, name in enumerate(rows_a[0]) if not TIMING.search(name)]
+    for n, (ra, rb) in enumerate(zip(rows_a[1:], rows_b[1:]), start=2):
+        if [_relative(ra[i], roots) for i in keep if i < len(ra)] != [_relative(rb[i], roots) for i in keep if i < len(rb)]:
+            return [f"{a.name}: line {n} differs: {ra} != {rb}"]
+    return []
+
+
+def compare_h5(a: Path, b: Path) -> list[str]:
+    import h5py
+
+    diffs: list[str] = []
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        def attrs(obj) -> dict:
+            return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in obj.attrs.items()}
+
+        if attrs(fa) != attrs(fb):
+            diffs.append(f"{a.name}: file attributes differ {attrs(fa)} != {attrs(fb)}")
+        names_a, names_b = [], []
+        fa.visit(names_a.append)
+        fb.visit(names_b.append)
+        if names_a != names_b:
+            return diffs + [f"{a.name}: different groups/datasets {sorted(set(names_a) ^ set(names_b))[:5]}"]
+        for name in names_a:
+            oa, ob = fa[name], fb[name]
+            if attrs(oa) != attrs(ob):
+                diffs.append(f"{a.name}:{name}: attributes differ")
+            if isinstance(oa, h5py.Dataset):
+                x, y = oa[()], ob[()]
+                if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y, equal_nan=True):
+                    err = float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) if x.shape == y.shape else None
+                    diffs.append(f"{a.name}:{name}: data differ (max |diff| {err})")
+    return diffs
+
+
+def compare_image(a: Path, b: Path) -> list[str]:
+    from PIL import Image
+
+    with Image.open(a) as ia, Image.open(b) as ib:
+        if ia.mode != ib.mode or ia.size != ib.size or not np.array_equal(np.asarray(ia), np.asarray(ib)):
+            return [f"{a.name}: image content differs"]
+    return []
+
+
+def compare_torch(a: Path, b: Path) -> list[str]:
+    import torch
+
+    sa, sb = torch.load(a, map_location="cpu", weights_only=True), torch.load(b, map_location="cpu", weights_only=True)
+    if not isinstance(sa, dict):
+        return [] if torch.equal(sa, sb) else [f"{a.name}: tensors differ"]
+    if sa.keys() != sb.keys():
+        return [f"{a.name}: different keys"]
+    for k in sa:
+        x, y = sa[k], sb[k]
+        if isinstance(x, torch.Tensor):
+            if not torch.equal(x, y):
+                return [f"{a.name}: {k} differs (max |diff| {float((x.double() - y.double()).abs().max())})"]
+        elif x != y:
+            return [f"{a.name}: {k}: {x!r} != {y!r}"]
+    return []
+
+
+def compare_trees(a: Path, b: Path, folders: tuple[str, ...] = ("results", "resources")) -> tuple[int, list[str]]:
+    """Every file under ``folders`` of run ``a`` equals the one of run ``b`` (content, not bytes)."""
+    roots = (str(a), str(b))
+    files_a = sorted(p.relative_to(a) for f in folders for p in (a / f).rglob("*") if p.is_file() or p.is_symlink())
+    files_b = sorted(p.relative_to(b) for f in folders for p in (b / f).rglob("*") if p.is_file() or p.is_symlink())
+    if files_a != files_b:
+        return len(files_a), [f"file lists differ: {sorted(set(map(str, files_a)) ^ set(map(str, files_b)))[:20]}"]
+    diffs: list[str] = []
+    for rel in files_a:
+        fa, fb = a / rel, b / rel
+        suffix = fa.suffix.lower()
+        if suffix in (".h5", ".hdf5"):
+            diffs += compare_h5(fa, fb)
+        elif suffix in (".png", ".jpg", ".jpeg"):
+            diffs += compare_image(fa, fb)
+        elif suffix == ".pt":
+            diffs += compare_torch(fa, fb)
+        elif suffix == ".json":
+            diffs += compare_json(json.loads(fa.read_text()), json.loads(fb.read_text()), str(rel), roots)
+        elif suffix in (".csv", ".tsv"):
+            diffs += compare_table(fa, fb, roots)
+        elif suffix == ".html":
+            continue  # rendered reports embed dates
+        elif _relative(fa.read_bytes().decode(errors="replace"), roots) != _relative(fb.read_bytes().decode(errors="replace"), roots):
+            diffs.append(f"{rel}: content differs")
+    return len(files_a), diffs
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+def test_sbatch_job_runs_and_is_recorded(cluster, tmp_path):
+    """The cluster itself: a batch job runs on the node with a job id and lands in SLURM's records."""
+    out = tmp_path / "job.out"
+    proc = subprocess.run(["sbatch", "--parsable", "-o", str(out), "--wrap", "echo job=$SLURM_JOB_ID"],
+                          capture_output=True, text=True, timeout=30, env=cluster.env())
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(j.job_id == job_id for j in cluster.completed_jobs()):
+        time.sleep(0.2)
+    record = {j.job_id: j for j in cluster.completed_jobs()}[job_id]
+    assert record.state == "COMPLETED" and record.exit_code == "0:0"
+    assert out.read_text().strip() == f"job={job_id}"
+
+
+def test_tiny_pipeline_through_slurm_equals_local_run(cluster, tmp_path):
+    rules = list_rules()
+    profile = write_test_profile(tmp_path / "profile", rules, cluster)
+    env = cluster.env()
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the jobs' `script:` python is the venv's
+
+    slurm_wd, local_wd = tmp_path / "slurm", tmp_path / "local"
+    dry = run_bounded(snakemake_cmd(slurm_wd, "--profile", str(profile), "--dry-run", "all"), env, 300)
+    assert dry.returncode == 0, dry.stderr[-4000:]
+    expected = job_counts(dry.stdout + dry.stderr)
+    assert sum(expected.values()) > 0
+
+    start = time.monotonic()
+    proc = run_bounded(snakemake_cmd(slurm_wd, "--profile", str(profile), "all", fast_poll=True), env, SLURM_TIMEOUT)
+    slurm_seconds = time.monotonic() - start
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"SLURM run failed:\n{log[-8000:]}{cluster._log_tail('slurmctld')}"
+
+    # 1. every Snakemake job was submitted with sbatch and got its own SLURM job id
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    assert len(submitted) == len(set(submitted)) == sum(expected.values()), (
+        f"{len(submitted)} sbatch submissions for {sum(expected.values())} jobs {dict(expected)}")
+    # 2. SLURM ran each of them: one SLURM log per job under the rule's folder
+    slurm_logs = list((slurm_wd / "logs" / "slurm").rglob("*.log"))
+    per_rule = Counter(p.relative_to(slurm_wd / "logs" / "slurm").parts[0].removeprefix("rule_") for p in slurm_logs)
+    assert per_rule == expected
+    assert {p.stem for p in slurm_logs} == set(submitted)
+    # 3. SLURM's own records: every job completed with exit code 0 in the run's folder
+    records = {j.job_id: j for j in cluster.completed_jobs()}
+    for job_id in submitted:
+        assert job_id in records, f"SLURM has no completion record of job {job_id}"
+        job = records[job_id]
+        assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.fields
+        assert Path(job.fields["WorkDir"]).resolve() == slurm_wd.resolve()
+
+    # the same workflow locally, with the same threads per rule
+    start = time.monotonic()
+    local_env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    threads = [f"{rule}=1" for rule in rules]
+    local = run_bounded(snakemake_cmd(local_wd, "all", "--cores", "2", "--set-threads", *threads), local_env, LOCAL_TIMEOUT)
+    local_seconds = time.monotonic() - start
+    assert local.returncode == 0, local.stderr[-6000:]
+
+    n_files, diffs = compare_trees(slurm_wd, local_wd)
+    assert n_files > 0
+    assert not diffs, "SLURM and local outputs differ:\n" + "\n".join(diffs[:30])
+    print(f"\n{sum(expected.values())} SLURM jobs ({dict(expected)}) in {slurm_seconds:.0f} s; "
+          f"local run {local_seconds:.0f} s; {n_files} output files equal")
