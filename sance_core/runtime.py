@@ -57,3 +57,75 @@ def set_threads(threads: int) -> None:
     threads = max(1, int(threads))
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def visible_devices(name: str = "auto") -> list:
+    """Every device one job may use: all visible GPUs for 'auto'/'cuda' (SLURM's --gpus=N or
+    CUDA_VISIBLE_DEVICES decide which), only the named one for 'cuda:N', else the CPU."""
+    import torch
+
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return [resolve_device(name)]
+
+
+def map_on_devices(make_worker, items, devices, queue_size: int = 4):
+    """``make_worker(device)(item)`` for every item, yielded in input order, spread over devices.
+
+    One device: a plain loop in this process. Several: one spawned process per device takes
+    items round-robin (item i on device i mod n) and sends results back through a queue of
+    ``queue_size`` per device, so the caller (the stage's single HDF5 writer) consumes them in
+    order while all devices work, and memory stays bounded. ``make_worker`` must be picklable
+    (a module-level function or a functools.partial of one); it builds the model once per
+    device. A failing item raises RuntimeError naming the item, after stopping the workers.
+    """
+    items = list(items)
+    devices = list(devices)
+    if not devices:
+        raise ValueError("map_on_devices needs at least one device")
+    if len(devices) == 1 or len(items) <= 1:
+        work = make_worker(devices[0])
+        for item in items:
+            yield work(item)
+        return
+    import multiprocessing as mp
+    import queue as queue_lib
+
+    ctx = mp.get_context("spawn")
+    queues = [ctx.Queue(maxsize=queue_size) for _ in devices]
+    procs = [ctx.Process(target=_device_worker, args=(make_worker, str(d), items[k::len(devices)], queues[k]), daemon=True)
+             for k, d in enumerate(devices)]
+    for p in procs:
+        p.start()
+    try:
+        for i, item in enumerate(items):
+            k = i % len(devices)
+            while True:
+                try:
+                    status, value = queues[k].get(timeout=5)
+                    break
+                except queue_lib.Empty:
+                    if not procs[k].is_alive():
+                        raise RuntimeError(f"worker on {devices[k]} died (exit code {procs[k].exitcode}) before item {item!r}") from None
+            if status == "error":
+                message, trace = value
+                raise RuntimeError(f"item {item!r} failed on {devices[k]}: {message}\n{trace}")
+            yield value
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=10)
+
+
+def _device_worker(make_worker, device: str, items, results) -> None:
+    import traceback
+
+    import torch
+
+    try:
+        work = make_worker(torch.device(device))
+        for item in items:
+            results.put(("ok", work(item)))
+    except Exception as err:  # noqa: BLE001 - sent to the parent, which raises it
+        results.put(("error", (f"{type(err).__name__}: {err}", traceback.format_exc(limit=5))))
