@@ -144,6 +144,60 @@ def _inspect(p: argparse.ArgumentParser):
     return run
 
 
+@command("predict", "segment image files or folders with a trained segmenter (palette PNGs + overlays)")
+def _predict(p: argparse.ArgumentParser):
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
+    p.add_argument("--model", required=True, help="segmenter folder (model.pt + config.json), e.g. results/demo/sance/segmenter")
+    p.add_argument("--out", required=True, help="output folder for <stem>.png and <stem>_overlay.jpg")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (default 1.0)")
+    p.add_argument("--flip", action="store_true", help="also average the mirrored image")
+    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.segmenter import predict_files
+
+        try:
+            records = predict_files(args.model, args.images, args.out, args.scales, args.flip, args.crf, args.device)
+        except ValueError as err:  # a model folder whose config.json and weights do not fit
+            log.error("%s", err)
+            return 2
+        print(f"wrote {len(records)} label PNGs and overlays to {args.out}")
+        return 0
+    return run
+
+
+@command("export", "export a trained segmenter to ONNX and check it with onnxruntime")
+def _export(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="segmenter folder (model.pt + config.json)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--height", type=int, default=321, help="height of the example input (default 321)")
+    p.add_argument("--width", type=int, default=321, help="width of the example input (default 321)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    p.add_argument("--static", action="store_true", help="fix the input size instead of dynamic height/width")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max |logit difference| allowed (default 1e-3)")
+    p.add_argument("--image", help="check on this image (resized to height x width) instead of a random one")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.export import ExportCheckError, export_and_check
+
+        image = None
+        if args.image:
+            from sance_core.data.io import read_image
+            from sance_core.data.transforms import resize_image
+
+            image = np.array(resize_image(read_image(args.image), size=(args.height, args.width)))
+        try:
+            report = export_and_check(args.model, args.out, args.height, args.width, args.opset,
+                                      not args.static, args.tolerance, image)
+        except (ValueError, ExportCheckError) as err:
+            log.error("%s", err)
+            return 2 if isinstance(err, ValueError) else 1
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    return run
+
+
 @command("coco-masks", "convert COCO instances_*.json into VOC-layout class-mask PNGs + split lists (run once)")
 def _coco_masks(p: argparse.ArgumentParser):
     p.add_argument("coco_root", help="COCO folder with annotations/instances_<split><year>.json and <split><year>/")

@@ -253,3 +253,45 @@ def run_seed_evaluation(cfg: SeedEvalConfig, inputs: Mapping[str, Any], outputs:
     write_json(result, outputs["json"])
     write_tsv(rows, outputs["tsv"], SEED_TABLE_COLUMNS)
     return result
+
+
+# ------------------------------------------------------------------ segmentation (DeepLab predictions)
+
+
+@dataclass(frozen=True)
+class SegmentationEvalConfig:
+    """mIoU of a mode's segmenter predictions (stage 'predictions', dataset 'label') on a split."""
+
+    dataset: DatasetSpec
+    mode: str
+    split: str = "val"
+
+
+def evaluate_segmentation(cfg: SegmentationEvalConfig, manifest: Manifest,
+                          prediction_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One confusion matrix over the split (255 in the GT ignored); the JSON summary and the per-class table."""
+    matrix = ConfusionMatrix(cfg.dataset.num_classes)
+    n_images = 0
+    for _, pred, _, gt in iter_with_masks(cfg.dataset, manifest, cfg.split, prediction_paths, "predictions", "label"):
+        matrix.update(pred, gt)
+        n_images += 1
+    with ArtifactReader(prediction_paths[0], expect_stage="predictions") as reader:  # how they were predicted
+        settings = {k: reader.attrs.get(k) for k in ("test_scales", "flip", "fusion", "crf")}
+    result: dict[str, Any] = {"mode": cfg.mode, "split": cfg.split, "n_images": n_images, "inference": settings}
+    if n_images == 0:
+        log.warning("segmentation evaluation: %s", NO_MASKS)
+        result.update({"miou": None, "iou": {}, "note": NO_MASKS})
+        return result, []
+    result.update(matrix.as_dict(cfg.dataset.classes))
+    log.info("DeepLab %s: mIoU %.4f on %s (%d images)", cfg.mode, result["miou"] or float("nan"), cfg.split, n_images)
+    return result, matrix.table(cfg.dataset.classes)
+
+
+def run_segmentation_evaluation(cfg: SegmentationEvalConfig, inputs: Mapping[str, Any],
+                                outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs ``manifest``, ``predictions`` (all shards of the split); outputs ``json`` and ``tsv``."""
+    manifest = Manifest.load(inputs["manifest"])
+    result, rows = evaluate_segmentation(cfg, manifest, _as_list(inputs["predictions"]))
+    write_json(result, outputs["json"])
+    write_tsv(rows, outputs["tsv"], TABLE_COLUMNS)
+    return result

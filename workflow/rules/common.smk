@@ -64,6 +64,61 @@ def shard_files(split):
     return scatter.shard(f"{RESULTS}/shards/{split}/{{scatteritem}}.txt")
 
 
+def gpu_resources():
+    """GPUs a training job asks the scheduler for: 1 when config device names CUDA, else 0."""
+    return 1 if str(config["device"]).startswith("cuda") else 0
+
+
+# Stage 7 (DeepLab): the params of the segmenter jobs of a mode, built from config["segmentation"].
+SEGMENTER_TRAIN_KEYS = (
+    "backbone", "weights", "init_from_classifier", "output_stride", "rates", "frozen_bn", "iterations",
+    "batch_size", "crop_size", "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power",
+    "checkpoint_every",
+)
+
+
+def segmenter_train_params(mode):
+    s = config["segmentation"]
+    return {
+        "dataset": dataset_params(),
+        "mode": mode,
+        "label_source": "ground_truth" if mode == "fully_supervised" else "pseudo_labels",
+        "split": config["data"]["train_split"],
+        **{k: s[k] for k in SEGMENTER_TRAIN_KEYS},
+        "seed": config["seed"],
+        "device": config["device"],
+        "workers": config["workers"],
+        "resume_dir": f"{RESULTS}/.resume/{mode}/segmenter",
+    }
+
+
+def segmenter_train_inputs(wildcards):
+    """The manifest, the pseudo-label PNG folder of the mode (none for the GT upper bound) and,
+    when the backbone starts from it, the CAM classifier."""
+    inputs = {"manifest": manifest()}
+    if wildcards.mode != "fully_supervised":
+        inputs["labels"] = f"{RESULTS}/{wildcards.mode}/pseudo_labels/png"
+    if config["segmentation"]["init_from_classifier"]:
+        inputs["classifier"] = f"{RESULTS}/classifier/model.pt"
+    return inputs
+
+
+def segmenter_predict_params(mode):
+    s = config["segmentation"]
+    return {
+        "dataset": dataset_params(),
+        "mode": mode,
+        "backbone": s["backbone"],
+        "test_scales": list(s["test_scales"]),
+        "flip": s["flip"],
+        "fusion": s["fusion"],
+        "crf": s["crf"],
+        "crf_params": dict(s["crf_params"]),
+        "device": config["device"],
+        "compression": config["artifacts"]["compression"],
+    }
+
+
 # Stages 5-6 (SANCE and its pseudo labels): every mode of config["modes"] writes under its own
 # folder; a mode gets only the settings it uses, so e.g. changing the label refine module
 # reruns 'sance' and leaves 'irnet' and 'sance_naive' alone.
