@@ -13,7 +13,7 @@ configfile: "config.yaml"
 
 # the top level first (unknown sections, global keys), then each section against its own schema
 validate(config, "workflow/schemas/config.schema.yaml")
-SECTIONS = ["data", "demo", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation"]
+SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation"]
 for section in SECTIONS:
     try:
         validate(config[section], f"workflow/schemas/{section}.schema.yaml")
@@ -34,6 +34,8 @@ scattergather:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/classifier.smk"
+include: "workflow/rules/cam.smk"
 include: "workflow/rules/seeds.smk"
 include: "workflow/rules/sance.smk"
 include: "workflow/rules/pseudo_labels.smk"

@@ -69,6 +69,46 @@ def gpu_resources():
     return 1 if str(config["device"]).startswith("cuda") else 0
 
 
+# Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
+CLASSIFIER_KEYS = (
+    "backbone", "weights", "output_stride", "epochs", "batch_size", "crop_size", "scale_range", "lr",
+    "head_lr_mult", "weight_decay", "momentum", "poly_power",
+)
+
+
+def classifier_params():
+    c = config["classifier"]
+    return {
+        "dataset": dataset_params(),
+        "split": config["data"]["train_split"],
+        **{k: c[k] for k in CLASSIFIER_KEYS},
+        "seed": config["seed"],
+        "device": config["device"],
+        "workers": config["workers"],
+        "resume_dir": f"{RESULTS}/.resume/classifier",
+    }
+
+
+def cam_params():
+    c = config["cam"]
+    return {
+        "dataset": dataset_params(),
+        "split": config["data"]["train_split"],
+        "backbone": config["classifier"]["backbone"],
+        "scales": list(c["scales"]),
+        "flip": c["flip"],
+        "batch_size": c["batch_size"],
+        "device": config["device"],
+        "workers": config["workers"],
+        "compression": config["artifacts"]["compression"],
+    }
+
+
+def cam_shards():
+    """All CAM shard files of the training split, for rules that read every CAM."""
+    return gather.shard(f"{RESULTS}/cam/{{scatteritem}}.h5")
+
+
 # Stage 7 (DeepLab): the params of the segmenter jobs of a mode, built from config["segmentation"].
 SEGMENTER_TRAIN_KEYS = (
     "backbone", "weights", "init_from_classifier", "output_stride", "rates", "frozen_bn", "iterations",
