@@ -9,11 +9,12 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+report: "workflow/report/workflow.rst"
 
 
 # the top level first (unknown sections, global keys), then each section against its own schema
 validate(config, "workflow/schemas/config.schema.yaml")
-SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation"]
+SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation", "report"]
 for section in SECTIONS:
     try:
         validate(config[section], f"workflow/schemas/{section}.schema.yaml")
@@ -37,9 +38,12 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/classifier.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/seeds.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/sance.smk"
 include: "workflow/rules/pseudo_labels.smk"
 include: "workflow/rules/segmenter.smk"
+include: "workflow/rules/contours.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -239,7 +239,10 @@ def evaluate_many(jobs: Iterable[tuple[Any, ...]], processes: int = 1, total: in
 
     if processes <= 1:
         return [_evaluate_job(j) for j in tqdm(jobs, total=total, desc="contour matching", unit="img", mininterval=5)]
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch/OpenMP threads
+    # fork: 'spawn' would re-run the caller's __main__ (a Snakemake script: fails outside Snakemake).
+    # The children only run numpy/scipy and the compiled matcher, never torch or OpenMP code.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
         return list(tqdm(pool.map(_evaluate_job, jobs, chunksize=1), total=total,
                          desc="contour matching", unit="img", mininterval=5))
@@ -461,10 +464,12 @@ def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths:
             reader = index[image_id]
             attrs = reader.image_attrs(image_id)
             contour = upsample_contour(reader.read(image_id, "contour"), boundary.shape, int(attrs.get("stride", 4)))
+            peaks[image_id] = float(contour.max(initial=0.0))
             yield contour, boundary, thresholds, cfg.max_dist, cfg.thinning, region, image_id
 
     gt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     selected: list[str] = []
+    peaks: dict[str, float] = {}
     try:
         for image_id in ids:  # ground truth first: a bad file fails before the matching starts
             item = _gt_for(cfg, image_id)
@@ -486,7 +491,14 @@ def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths:
         for reader in set(index.values()):
             reader.close()
     scores = summarize(counts, thresholds)
+    for row in scores.per_image:
+        row["map_max"] = peaks.get(row["id"])
     result.update(scores.as_dict())
+    top = max(peaks.values(), default=0.0)
+    if top < thresholds[0]:
+        log.warning("contour maps never reach the lowest threshold %.3f (largest value %.4f): every "
+                    "threshold selects nothing, so ODS/OIS are 0 (an untrained or collapsed contour branch?)",
+                    thresholds[0], top)
     log.info("contours (%s, %d images): ODS %.4f at %.3f, OIS %.4f, AP %.4f", cfg.mode or "-", scores.n_images,
              scores.ods, scores.ods_threshold, scores.ois, scores.ap)
     return result

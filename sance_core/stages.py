@@ -68,6 +68,14 @@ STAGES: dict[str, StageEntry] = {
                             help="one mode's summary.json/tsv from the evaluation JSONs"),
     "ablation_table": StageEntry("sance_core.summary", "AblationConfig", "run_ablation",
                                  help="the ablation table (TSV + Markdown) across modes from their summaries"),
+    "figure_qualitative": StageEntry("sance_core.report_figures", "QualitativeConfig", "run_qualitative",
+                                     help="report grid of fixed ids: image, GT, CAM, seeds, maps, pseudo labels, predictions"),
+    "figure_iou_bars": StageEntry("sance_core.report_figures", "IoUBarsConfig", "run_iou_bars",
+                                  help="report figure: per-class IoU of CAMs, seeds, pseudo labels and DeepLab per mode"),
+    "figure_pr_curves": StageEntry("sance_core.report_figures", "PRCurvesConfig", "run_pr_curves",
+                                   help="report figure: contour precision-recall curves of the modes (ODS marked)"),
+    "figure_training_curves": StageEntry("sance_core.report_figures", "TrainingCurvesConfig", "run_training_curves",
+                                         help="report figure: loss terms of every training stage from history.csv"),
 }
 
 

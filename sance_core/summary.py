@@ -179,6 +179,37 @@ def markdown_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """The ablation as a standalone HTML page (the Snakemake report shows HTML inline, TSV only as a download)."""
+    import html
+
+    heads = {"mode": "mode", "pseudo_label_miou": "pseudo labels mIoU (train)",
+             "segmentation_miou": "DeepLab mIoU (val)", "contour_ods": "contour ODS", "contour_ois": "contour OIS",
+             "cam_miou": "CAM mIoU", "seed_precision": "seed precision", "seed_coverage": "seed coverage",
+             "tau_b": "τ<sub>b</sub>", "n_train": "train images", "n_val": "val images"}
+
+    def cell(col: str, value: Any) -> str:
+        if value is None:
+            return "<td class='na'>–</td>"
+        if col == "mode":
+            return f"<td class='mode'>{html.escape(MODE_TITLES.get(str(value), str(value)))}</td>"
+        if col in METRICS:
+            return f"<td>{100 * float(value):.1f}</td>"
+        return f"<td>{html.escape(f'{value:g}' if isinstance(value, float) else str(value))}</td>"
+
+    head = "".join(f"<th>{heads.get(c, html.escape(c))}</th>" for c in ABLATION_COLUMNS)
+    body = "".join("<tr>" + "".join(cell(c, r.get(c)) for c in ABLATION_COLUMNS) + "</tr>" for r in rows)
+    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.mode{text-align:left}"
+             "td.na{color:#999;text-align:center}th{background:#f2f2f2}")
+    title = html.escape(title or "Ablation")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+            f"</head><body><h3>{title}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            "<p>Metrics in percent. Pseudo labels, CAMs, seeds and contours on the train split, DeepLab on the "
+            "val split. &ndash;: not applicable (the fully supervised DeepLab has no pseudo labels and no "
+            "contours).</p></body></html>\n")
+
+
 def write_summary(summary: Mapping[str, Any], json_path: str | Path, tsv_path: str | Path) -> None:
     _atomic_write(json_path, json.dumps(dict(summary), indent=1, allow_nan=False) + "\n")
     _atomic_write(tsv_path, tsv_text([summary_row(summary)], ABLATION_COLUMNS))
@@ -241,12 +272,14 @@ def assemble_ablation(modes: Sequence[str], summaries: Sequence[Mapping[str, Any
 
 
 def run_ablation(cfg: AblationConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Inputs ``summaries`` (the per-mode summary.json, in ``cfg.modes`` order); outputs ``tsv`` and ``md``."""
+    """Inputs ``summaries`` (the per-mode summary.json, in ``cfg.modes`` order); outputs ``tsv``, ``md``, ``html``."""
     paths = inputs["summaries"]
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     rows = assemble_ablation(cfg.modes, [read_json(p) for p in paths])
     _atomic_write(outputs["tsv"], tsv_text(rows, ABLATION_COLUMNS))
     if "md" in outputs:
         _atomic_write(outputs["md"], markdown_text(rows, cfg.title))
+    if "html" in outputs:
+        _atomic_write(outputs["html"], html_text(rows, cfg.title))
     log.info("ablation table of %d modes written to %s", len(rows), outputs["tsv"])
     return rows

@@ -261,3 +261,107 @@ def make_pseudo_labels_inputs(wildcards):
 
 def pseudo_label_targets(mode):
     return [f"{mode_dir(mode)}/eval/pseudo_labels.json", f"{mode_dir(mode)}/pseudo_labels/png"]
+
+
+# Stage 8 contours and the report (rules in contours.smk and report.smk).
+def deeplab_modes():
+    return list(config["segmentation"]["modes"])
+
+
+def ablation_modes():
+    """Rows of the ablation table: the SANCE modes, then the DeepLab-only ones (fully_supervised)."""
+    return sance_modes() + [m for m in deeplab_modes() if m not in sance_modes()]
+
+
+def contour_eval_params(mode):
+    return {
+        "dataset": dataset_params(),
+        "split": config["data"]["train_split"],
+        "mode": mode,
+        **dict(config["evaluation"]["contour"]),
+    }
+
+
+def summary_inputs(wildcards):
+    """The evaluation JSONs that apply to a mode (fully_supervised: only its DeepLab evaluation)."""
+    mode = wildcards.mode
+    inputs = {"manifest": manifest()}
+    if mode in sance_modes():
+        inputs.update({
+            "cam": f"{RESULTS}/eval/cam.json",
+            "seeds": f"{RESULTS}/eval/seeds.json",
+            "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
+            "contour": f"{mode_dir(mode)}/eval/contour.json",
+        })
+    if mode in deeplab_modes():
+        inputs["segmentation"] = f"{mode_dir(mode)}/eval/segmentation.json"
+    return inputs
+
+
+def summary_params(mode):
+    return {
+        "mode": mode,
+        "dataset": DATASET,
+        "train_split": config["data"]["train_split"],
+        "val_split": config["data"]["val_split"],
+        "tau_b": config["pseudo_labels"]["tau_b"] if mode in sance_modes() else None,
+    }
+
+
+def report_grid_split(grid):
+    return config["data"]["train_split"] if grid == "train" else config["data"]["val_split"]
+
+
+def qualitative_inputs(wildcards):
+    """train grid: CAMs, seeds, maps and pseudo labels of every SANCE mode; val grid: DeepLab predictions."""
+    inputs = {"manifest": manifest()}
+    if wildcards.grid == "train":
+        inputs["cam"] = scatter.shard(f"{RESULTS}/cam/{{scatteritem}}.h5")
+        inputs["seeds"] = scatter.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5")
+        for mode in sance_modes():
+            inputs[f"maps__{mode}"] = scatter.shard(f"{mode_dir(mode)}/maps/{{scatteritem}}.h5")
+            inputs[f"pseudo_labels__{mode}"] = scatter.shard(f"{mode_dir(mode)}/pseudo_labels/{{scatteritem}}.h5")
+    else:
+        for mode in deeplab_modes():
+            inputs[f"predictions__{mode}"] = scatter.shard(f"{mode_dir(mode)}/predictions/{{scatteritem}}.h5")
+    return inputs
+
+
+def qualitative_params(grid):
+    r = config["report"]
+    return {
+        "dataset": dataset_params(),
+        "split": report_grid_split(grid),
+        "ids": list(r["ids"][grid]),
+        "n_ids": r["n_ids"],
+        "modes": sance_modes() if grid == "train" else deeplab_modes(),
+        "cell_inches": r["cell_inches"],
+        "dpi": r["dpi"],
+    }
+
+
+def iou_bars_inputs(wildcards):
+    inputs = {"cam": f"{RESULTS}/eval/cam.json", "seeds": f"{RESULTS}/eval/seeds.json"}
+    inputs.update({f"pseudo_labels__{m}": f"{mode_dir(m)}/eval/pseudo_labels.json" for m in sance_modes()})
+    inputs.update({f"segmentation__{m}": f"{mode_dir(m)}/eval/segmentation.json" for m in deeplab_modes()})
+    return inputs
+
+
+def training_history_inputs(wildcards):
+    inputs = {"history__classifier": f"{RESULTS}/classifier/history.csv"}
+    inputs.update({f"history__sance_model_{m}": f"{mode_dir(m)}/sance_model/history.csv" for m in sance_modes()})
+    inputs.update({f"history__segmenter_{m}": f"{mode_dir(m)}/segmenter/history.csv" for m in deeplab_modes()})
+    return inputs
+
+
+def report_targets():
+    figures = f"{RESULTS}/figures"
+    return [
+        f"{RESULTS}/ablation.tsv",
+        *[f"{mode_dir(m)}/summary.json" for m in ablation_modes()],
+        f"{figures}/qualitative_train.png",
+        f"{figures}/qualitative_val.png",
+        f"{figures}/per_class_iou.png",
+        f"{figures}/contour_pr.png",
+        f"{figures}/training_curves.png",
+    ]
