@@ -258,3 +258,19 @@ def test_coco14_preset_matches_the_converter_and_gives_the_sharded_dag(tmp_path)
     output = dry_run(tmp_path / "run8", PRESETS / "coco14.yaml", root, "--set-scatter", "shard=8")
     check_dag(output, shards=8, n_modes=3, n_seg_modes=len(preset["segmentation"]["modes"]))
     assert "results/coco14/cam/8-of-8.h5" in output
+
+
+def test_example_partition_file_sends_gpu_rules_to_gpu_and_the_rest_to_cpu():
+    """The plugin's own partition choice, fed the profile's resources (attempt 1)."""
+    import logging
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    partitions = read_partition_file(PROFILE.parent / "partitions.example.yaml")
+    profile = load(PROFILE)
+    for rule, values in profile["set-resources"].items():
+        resources = {k: (evaluate(v, 1) if k in ("mem_mb", "runtime") else v) for k, v in values.items()}
+        job = SimpleNamespace(name=rule, threads=profile["set-threads"][rule], resources=resources)
+        chosen = get_best_partition(partitions, job, logging.getLogger("test"))
+        assert chosen == ("gpu" if rule in GPU_RULES else "cpu"), rule
