@@ -24,6 +24,7 @@ import multiprocessing
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -376,6 +377,7 @@ class ContourEvalConfig:
     kill_internal: bool = False  # SBD's option; off because intra-object edges are what SANCE removes
     gt_source: str = "masks"  # 'masks': boundaries of the split's label masks; 'sbd': GTcls.Boundaries
     sbd_dir: str | None = None  # folder holding cls/<id>.mat (gt_source 'sbd')
+    id_list: str | None = None  # a file of ids restricting the evaluation (SBD's val.txt for the paper's numbers)
     max_images: int = 0  # 0 = every image with ground truth; else the first N in manifest order
 
     def __post_init__(self) -> None:
@@ -411,8 +413,6 @@ def upsample_contour(contour: np.ndarray, size: Sequence[int], stride: int = 4) 
 def _gt_for(cfg: ContourEvalConfig, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(boundary, kill region) of one image, or None when it has no ground truth."""
     if cfg.gt_source == "sbd":
-        from pathlib import Path
-
         from sance_core.data.readers import read_sbd_cls
 
         path = Path(str(cfg.sbd_dir)) / "cls" / f"{image_id}.mat"
@@ -445,12 +445,28 @@ def _job_processes() -> int:
 
 def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths: Sequence[str],
                           processes: int = 1) -> dict[str, Any]:
-    """ODS/OIS/AP of a mode's contour maps over ``cfg.split``; the JSON result (with curve and per image)."""
-    from sance_core.data.io import DataError
+    """ODS/OIS/AP of a mode's contour maps over ``cfg.split``; the JSON result (with curve and per image).
+
+    ``cfg.id_list`` (a file of ids, e.g. SBD's ``val.txt``) restricts the evaluation to the listed
+    ids of the split, in manifest order.
+    """
+    from sance_core.data.io import DataError, read_id_list
     from sance_core.storage import open_shards
 
-    index = open_shards(list(map_paths), expect_stage="maps")
     ids = manifest.ids(cfg.split)
+    restricted = None
+    if cfg.gt_source == "sbd" and not (Path(str(cfg.sbd_dir)) / "cls").is_dir():
+        raise DataError(f"evaluation.contour.sbd_dir {cfg.sbd_dir!r} has no cls/ folder of SBD .mat files")
+    id_list = cfg.id_list
+    if id_list:
+        listed = read_id_list(id_list)
+        wanted = set(listed)
+        ids = [i for i in ids if i in wanted]
+        restricted = {"id_list": str(id_list), "listed": len(listed), "in_split": len(ids)}
+        if len(ids) < len(wanted):
+            log.warning("%d of the %d ids of %s are not in split %r and are skipped",
+                        len(wanted) - len(ids), len(wanted), id_list, cfg.split)
+    index = open_shards(list(map_paths), expect_stage="maps")
     missing = [i for i in ids if i not in index]
     if missing:
         raise DataError(f"maps shards {list(map_paths)} lack {len(missing)} id(s) of split {cfg.split!r}: {missing[:5]}")
@@ -480,6 +496,8 @@ def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths:
             if cfg.max_images and len(selected) >= cfg.max_images:
                 break
         result: dict[str, Any] = {"split": cfg.split, "mode": cfg.mode, "settings": settings}
+        if restricted:
+            result["id_list"] = restricted
         if not selected:
             note = f"no ground-truth boundaries for split {cfg.split!r}: nothing evaluated"
             log.warning("contour evaluation: %s", note)

@@ -249,3 +249,21 @@ def test_bsds500_benchmark_five_thresholds():
     assert s.area_pr == pytest.approx(area_pr, abs=2e-3)
     per_image = np.loadtxt(root / "test_2" / "eval_bdry_img.txt")
     np.testing.assert_allclose([p["f"] for p in s.per_image], per_image[:, 4], atol=5e-3)
+
+
+def test_sbd_ground_truth_is_the_union_of_class_boundaries():
+    """gt_source 'sbd': class-agnostic boundary = union of GTcls.Boundaries; kill region = objects."""
+    from sance_core.data.dataset import DatasetSpec
+    from sance_core.data.readers import read_sbd_cls
+
+    root = shared_data("edge-bench", "SBD_bench", "datadir")
+    spec = DatasetSpec(root=str(root), classes=("background", "x"))
+    cfg = ee.ContourEvalConfig(dataset=spec, gt_source="sbd", sbd_dir=str(root), kill_internal=True)
+    boundary, region = ee._gt_for(cfg, "2008_000051")
+    ann = read_sbd_cls(root / "cls" / "2008_000051.mat")
+    assert boundary.shape == ann.segmentation.shape
+    for c in ann.categories:
+        assert (boundary >= ann.boundary(c)).all()
+    np.testing.assert_array_equal(boundary, np.logical_or.reduce([ann.boundary(c) for c in range(1, 21)]))
+    np.testing.assert_array_equal(region, ann.segmentation > 0)
+    assert ee._gt_for(cfg, "not_an_sbd_id") is None

@@ -101,8 +101,10 @@ def fake_upstream(root: Path, name: str, classes: list[str]) -> None:
             f"{s},0,{2.0 / (s + 1):.4f},{1.0 / (s + 1):.4f},0.01\n" for s in range(10)))
 
 
-def _images_in_report(html_text: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html_text)]
+def _embedded(html_text: str, mime: str) -> dict[str, bytes]:
+    """Files embedded in a self-contained Snakemake report (data URIs), by file name."""
+    pattern = rf"data:{mime};[^,\"]*?filename=([^;,\"]+)[^,\"]*;base64,([A-Za-z0-9+/=]+)"
+    return {name: base64.b64decode(data) for name, data in re.findall(pattern, html_text)}
 
 
 def fake_data(root: Path, name: str, classes: list[str]) -> None:
@@ -159,11 +161,11 @@ def test_report_builds_on_faked_upstream(workdir, tmp_path):
     page = report.read_text()
     for name in [f"{f}.png" for f in FIGURES] + ["ablation.html", "ablation.tsv", "contour.json", "summary.tsv"]:
         assert name in page, name
-    pngs = _images_in_report(page)
+    pngs = _embedded(page, "image/png")
     for f in FIGURES:
-        assert (res / "figures" / f"{f}.png").read_bytes() in pngs, f  # embedded byte for byte, not linked
-    tables = [base64.b64decode(m).decode() for m in re.findall(r"data:text/html;[^,]*base64,([A-Za-z0-9+/=]+)", page)]
-    assert any("baseline (IRNet)" in t and "<table>" in t for t in tables)
+        assert pngs[f"{f}.png"] == (res / "figures" / f"{f}.png").read_bytes(), f  # embedded, not linked
+    table = _embedded(page, "text/html")["ablation.html"].decode()
+    assert "baseline (IRNet)" in table and "<table>" in table
 
 
 def test_contour_stage_on_one_shard(tmp_path):
@@ -198,8 +200,14 @@ def test_contour_stage_on_one_shard(tmp_path):
         else:
             assert result["ods"] < 0.95
         assert result["n_images"] == 2 and [p["id"] for p in result["per_image"]] == ["im0", "im1"]
+    # an id list restricts the evaluation (the paper: SBD's val.txt); unknown ids are skipped
+    (tmp_path / "ids.txt").write_text("im1\nnot_in_split\n")
+    one = evaluate_contour_maps(replace(cfg, id_list=str(tmp_path / "ids.txt")), manifest, [str(tmp_path / "noisy.h5")])
+    assert one["n_images"] == 1 and one["id_list"]["in_split"] == 1
     with pytest.raises(ValueError, match="sbd_dir"):
         ContourEvalConfig(dataset=spec, gt_source="sbd")
+    with pytest.raises(ValueError, match="no cls/ folder"):
+        evaluate_contour_maps(replace(cfg, gt_source="sbd", sbd_dir=str(tmp_path)), manifest, [str(tmp_path / "noisy.h5")])
 
 
 @pytest.mark.slow
@@ -213,6 +221,8 @@ def test_tiny_pipeline_report(workdir, tiny_config):
     for name in ("qualitative_train.png", "qualitative_val.png", "per_class_iou.png", "contour_pr.png",
                  "training_curves.png", "ablation.html"):
         assert name in page, name
-    assert len(_images_in_report(page)) >= 5
+    pngs = _embedded(page, "image/png")
+    for f in FIGURES:
+        assert pngs[f"{f}.png"] == (workdir / "results/tiny/figures" / f"{f}.png").read_bytes(), f
     modes = [line.split("\t")[0] for line in (workdir / "results/tiny/ablation.tsv").read_text().splitlines()[1:]]
     assert modes[:3] == ["irnet", "sance_naive", "sance"] and "fully_supervised" in modes
