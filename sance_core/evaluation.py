@@ -195,6 +195,9 @@ def evaluate_cams(cfg: CAMEvalConfig, manifest: Manifest, cam_paths: Sequence[st
     best = int(np.nanargmax([np.nan if p["miou"] is None else p["miou"] for p in curve]))
     result.update(matrices[best].as_dict(cfg.dataset.classes))
     result.update({"best_threshold": float(cfg.thresholds[best]), "threshold_curve": curve})
+    if len(cfg.thresholds) > 1 and cfg.thresholds[best] in (min(cfg.thresholds), max(cfg.thresholds)):
+        result["note"] = "best threshold at the edge of the sweep: widen evaluation.cam_thresholds"
+        log.warning("CAM evaluation: %s (best %.2f)", result["note"], cfg.thresholds[best])
     log.info("CAM mIoU %.4f at background threshold %.2f (%d images)", result["miou"], cfg.thresholds[best], n_images)
     return result, matrices[best].table(cfg.dataset.classes)
 

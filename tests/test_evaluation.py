@@ -90,10 +90,14 @@ def test_cam_sweep_finds_the_best_threshold(tmp_path):
     assert curve[0.9] == pytest.approx(0.42)
     assert result["best_threshold"] == 0.3 and result["miou"] == pytest.approx(1.0)
     assert result["n_images"] == 3 and result["iou"] == {"background": 1.0, "a": 1.0, "b": None}
+    assert "note" not in result  # the best threshold lies inside the sweep
     rows = Path(outputs["tsv"]).read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["class_id", "class", "iou"] and len(rows) == 4
     assert rows[3].split("\t")[2] == "NA"
     assert Path(outputs["curve"]).stat().st_size > 1000
+    params["thresholds"] = [0.3, 0.9]  # the best (0.3) is the lowest threshold tried: say so
+    run_stage("evaluate_cams", params, {"manifest": str(manifest), "cams": [str(p) for p in shards]}, outputs)
+    assert "edge of the sweep" in json.loads(Path(outputs["json"]).read_text())["note"]
 
 
 def test_cam_eval_errors_and_no_masks(tmp_path):
