@@ -33,7 +33,7 @@ from sance_core.storage import ArtifactReader, open_shards
 log = logging.getLogger(__name__)
 
 # IRNet's eval_cam uses one fixed threshold (0.15 for ResNet-50 CAMs); we sweep and report the best.
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 13))  # 0.05 .. 0.60
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 NO_MASKS = "no ground-truth masks for this split: nothing evaluated"
 
 
