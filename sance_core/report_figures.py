@@ -227,28 +227,31 @@ def qualitative_grid(cfg: QualitativeConfig, manifest: Manifest, inputs: Mapping
         for store in stores.values():
             for s in (store.values() if isinstance(store, dict) else [store]):
                 s.close()
-    n_cols = max(len(r) for r in rows) if rows else 1
-    fig = _new_figure(cfg.cell_inches * n_cols, cfg.cell_inches * max(1, len(rows)) + 0.5)
-    for r, (image_id, cells) in enumerate(zip(ids, rows)):
-        for c, (title, pic, note) in enumerate(cells):
-            ax = fig.add_subplot(len(rows), n_cols, r * n_cols + c + 1)
+    # one column per image, one row per stage: the report fits figures to its width, so a tall
+    # grid of a few columns stays legible where a row of a dozen thumbnails would not
+    n_rows = max(len(r) for r in rows) if rows else 1
+    n_cols = max(1, len(rows))
+    fig = _new_figure(cfg.cell_inches * n_cols + 1.2, cfg.cell_inches * n_rows + 0.6)
+    for c, (image_id, cells) in enumerate(zip(ids, rows)):
+        for r, (title, pic, note) in enumerate(cells):
+            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
             ax.set_xticks([])
             ax.set_yticks([])
-            if pic is None:
+            if pic is None:  # this stage has nothing for the image (e.g. IRNet has no seg map)
+                ax.imshow(np.full(cells[0][1].shape, 242, np.uint8))
                 ax.text(0.5, 0.5, "–", ha="center", va="center", fontsize=14, color="0.5", transform=ax.transAxes)
-                ax.set_facecolor("0.95")
             else:
                 ax.imshow(pic, interpolation="nearest")
             if note:
                 ax.set_xlabel(note, fontsize=6, labelpad=1)
             if r == 0:
-                ax.set_title(title, fontsize=8)
+                ax.set_title(image_id, fontsize=8)
             if c == 0:
-                ax.set_ylabel(image_id, fontsize=7)
+                ax.set_ylabel(title, fontsize=8)
     fig.suptitle(f"{cfg.split} split", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     save_figure(fig, path, cfg.dpi)
-    log.info("qualitative grid of %s (%d ids, %d columns) -> %s", cfg.split, len(ids), n_cols, path)
+    log.info("qualitative grid of %s (%d ids, %d stages) -> %s", cfg.split, len(ids), n_rows, path)
     return ids
 
 

@@ -201,7 +201,7 @@ def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     body = "".join("<tr>" + "".join(cell(c, r.get(c)) for c in ABLATION_COLUMNS) + "</tr>" for r in rows)
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.mode{text-align:left}"
-             "td.na{color:#999;text-align:center}th{background:#f2f2f2}")
+             "td.na{color:#999;text-align:center}th{background:#f2f2f2}th:first-child{text-align:left}")
     title = html.escape(title or "Ablation")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
             f"</head><body><h3>{title}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
