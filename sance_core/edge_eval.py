@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,25 @@ def evaluate_many(jobs: Iterable[tuple[Any, ...]], processes: int = 1, total: in
     # The children only run numpy/scipy and the compiled matcher, never torch or OpenMP code.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # at most 2 jobs per worker in flight: memory stays flat however many images the split has
+    # (Executor.map would read every map up front)
+    results: dict[int, BoundaryCounts] = {}
+    bar = tqdm(total=total, desc="contour matching", unit="img", mininterval=5)
     with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
-        return list(tqdm(pool.map(_evaluate_job, jobs, chunksize=1), total=total,
-                         desc="contour matching", unit="img", mininterval=5))
+        pending: dict[Any, int] = {}
+
+        def collect(futures: Iterable[Any]) -> None:
+            for future in futures:
+                results[pending.pop(future)] = future.result()
+                bar.update(1)
+
+        for index, job in enumerate(jobs):
+            pending[pool.submit(_evaluate_job, job)] = index
+            if len(pending) >= 2 * processes:
+                collect(wait(pending, return_when=FIRST_COMPLETED).done)
+        collect(list(pending))
+    bar.close()
+    return [results[i] for i in range(len(results))]
 
 
 # --------------------------------------------------------------------------- dataset scores

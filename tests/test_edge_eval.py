@@ -267,3 +267,24 @@ def test_sbd_ground_truth_is_the_union_of_class_boundaries():
     np.testing.assert_array_equal(boundary, np.logical_or.reduce([ann.boundary(c) for c in range(1, 21)]))
     np.testing.assert_array_equal(region, ann.segmentation > 0)
     assert ee._gt_for(cfg, "not_an_sbd_id") is None
+
+
+def test_parallel_matching_keeps_job_order():
+    """Worker processes (bounded in flight) give the same counts, in job order, as the serial loop."""
+    rng = np.random.default_rng(5)
+    thresholds = ee.threshold_values(3)
+    jobs = []
+    for k in range(5):
+        gt = np.zeros((24, 24), bool)
+        gt[3 + k, :] = True
+        pred = np.zeros((24, 24))
+        pred[3 + k, : 4 + 4 * k] = 0.9  # image k matches 4 + 4k pixels
+        pred[rng.integers(0, 24, 3), rng.integers(0, 24, 3)] = 0.6
+        jobs.append((pred, gt, thresholds, 0.02, False, None, f"im{k}"))
+    serial = ee.evaluate_many(iter(jobs), processes=1)
+    parallel = ee.evaluate_many(iter(jobs), processes=2, total=len(jobs))
+    assert [c.name for c in parallel] == [f"im{k}" for k in range(5)]
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(np.stack([a.count_r, a.sum_r, a.count_p, a.sum_p]),
+                                      np.stack([b.count_r, b.sum_r, b.count_p, b.sum_p]))
+    assert [c.count_r[-1] for c in parallel] == [4 + 4 * k for k in range(5)]
