@@ -33,7 +33,7 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 EVAL_INPUTS = ("cam", "seeds", "pseudo_labels", "segmentation", "contour")
 # the paper's Table 1: pseudo-label mIoU (train), DeepLab mIoU (val); + contour ODS (Table 2)
-ABLATION_COLUMNS = ("mode", "pseudo_label_miou", "segmentation_miou", "contour_ods", "contour_ois",
+ABLATION_COLUMNS = ("mode", "pseudo_label_map", "pseudo_label_miou", "segmentation_miou", "contour_ods", "contour_ois",
                     "cam_miou", "seed_precision", "seed_coverage", "tau_b", "n_train", "n_val")
 MODE_TITLES = {
     "irnet": "baseline (IRNet)",
@@ -102,6 +102,7 @@ def assemble_summary(cfg: SummaryConfig, evals: Mapping[str, Mapping[str, Any] |
     pl = evals.get("pseudo_labels") or {}
     tau_b = pl.get("tau_b", cfg.tau_b) if cfg.mode != "fully_supervised" else None
     summary["tau_b"] = None if tau_b is None else float(tau_b)
+    summary["pseudo_label_map"] = pl.get("map")  # Table 1's "map": the scores propagated ('cam' or 'seg')
     if evals.get("contour"):
         summary["contour_ods_threshold"] = evals["contour"].get("ods_threshold")
     if evals.get("cam"):
@@ -160,12 +161,13 @@ def markdown_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     def pct(v: Any) -> str:
         return "–" if v is None else f"{100 * float(v):.1f}"
 
-    head = ["Mode", "Pseudo labels mIoU (train)", "DeepLab mIoU (val)", "Contour ODS", "Contour OIS",
+    head = ["Mode", "Map", "Pseudo labels mIoU (train)", "DeepLab mIoU (val)", "Contour ODS", "Contour OIS",
             "CAM mIoU", "Seed precision", "Seed coverage", "τ_b"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
-        cells = [MODE_TITLES.get(str(r["mode"]), str(r["mode"])), pct(r.get("pseudo_label_miou")),
+        cells = [MODE_TITLES.get(str(r["mode"]), str(r["mode"])), r.get("pseudo_label_map") or "–",
+                 pct(r.get("pseudo_label_miou")),
                  pct(r.get("segmentation_miou")), pct(r.get("contour_ods")), pct(r.get("contour_ois")),
                  pct(r.get("cam_miou")), pct(r.get("seed_precision")), pct(r.get("seed_coverage")),
                  "–" if r.get("tau_b") is None else f"{float(r['tau_b']):g}"]
@@ -186,7 +188,8 @@ def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     heads = {"mode": "mode", "pseudo_label_miou": "pseudo labels mIoU (train)",
              "segmentation_miou": "DeepLab mIoU (val)", "contour_ods": "contour ODS", "contour_ois": "contour OIS",
              "cam_miou": "CAM mIoU", "seed_precision": "seed precision", "seed_coverage": "seed coverage",
-             "tau_b": "τ<sub>b</sub>", "n_train": "train images", "n_val": "val images"}
+             "tau_b": "τ<sub>b</sub>", "n_train": "train images", "n_val": "val images",
+             "pseudo_label_map": "map"}
 
     def cell(col: str, value: Any) -> str:
         if value is None:

@@ -42,7 +42,8 @@ def _fake_run(root: Path) -> dict[str, dict[str, str]]:
         if mode != "fully_supervised":
             one.update(shared)
             one["pseudo_labels"] = _write(d / "pseudo_labels.json", {"miou": 0.55 + 0.02 * k, "iou": {},
-                                                                     "n_images": 12, "tau_b": 0.3})
+                                                                     "n_images": 12, "tau_b": 0.3,
+                                                                     "map": "cam" if mode == "irnet" else "seg"})
             one["contour"] = _write(d / "contour.json", {"ods": 0.3 + 0.1 * k, "ois": 0.35 + 0.1 * k, "ap": 0.2,
                                                          "ods_threshold": 0.4, "n_images": 12, "curve": []})
         inputs[mode] = one
@@ -105,8 +106,10 @@ def test_ablation_table_rows_in_mode_order(tmp_path):
     assert [r["segmentation_miou"] for r in rows] == ["0.5000", "0.5100", "0.5200", "0.5300"]
     assert rows[-1]["contour_ods"] == "" and rows[0]["contour_ods"] == "0.3000"
     md = out["md"].read_text()
-    assert "| SANCE | 59.0 | 52.0 | 50.0 |" in md
-    assert "| fully supervised (GT masks) | – | 53.0 | – |" in md
+    assert "| SANCE | seg | 59.0 | 52.0 | 50.0 |" in md
+    assert "| baseline (IRNet) | cam | 55.0 |" in md
+    assert "| fully supervised (GT masks) | – | – | 53.0 | – |" in md
+    assert [r["pseudo_label_map"] for r in rows] == ["cam", "seg", "seg", ""]
     # a summary under the wrong mode is refused
     with pytest.raises(SummaryError, match="belongs to mode"):
         run_ablation(AblationConfig(modes=("sance", "irnet")), {"summaries": summaries[:2]}, out)
