@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 STAGES = {
     "cam": "cam [K,H,W] + cam_stride4 [K,h,w] float16",
     "seeds": "seed [H,W] uint8",
-    "maps": "contour [h,w] + seg [K+1,h,w] float16 (present classes + background)",
-    "maps_all_classes": "contour [h,w] + seg [C+1,h,w] float16 (every class, C = 80)",
+    "maps": "contour [h,w] + seg [K+1,h,w] float16 (softmax planes of the present classes + background)",
+    "maps_all_classes": "contour [h,w] + seg [C+1,h,w] float16 (the softmax over every class, C = 80)",
     "pseudo_labels": "label [H,W] uint8",
 }
 COCO_CLASSES = 80
@@ -85,15 +85,17 @@ def synthetic(stage: str, rng: np.random.Generator, k: int, h: int, w: int) -> t
             return {"seed": labels_full}, attrs
         return {"label": labels_full}, attrs
     contour = np.clip(np.abs(np.gradient(low.sum(0))[0]) * 8, 0, 1).astype(np.float32)
-    bg = np.clip(1.0 - low.max(0), 0, 1)[None]
-    present = np.concatenate([bg, low], 0)
-    if stage == "maps":
-        seg = present / present.sum(0, keepdims=True)
-        return {"contour": contour, "seg": seg.astype(np.float32)}, attrs
+    # a network's softmax over all C + 1 classes: present classes and background from the
+    # blobs, absent classes small but never exactly zero (smooth low-resolution logit noise)
+    noise = rng.normal(size=(COCO_CLASSES + 1, -(-h4 // 2), -(-w4 // 2))).astype(np.float32)
+    logits = -4.0 + 1.5 * upsample(noise, h4, w4)
+    logits[0] = 6.0 * (1.0 - low.max(0))
+    logits[keys] = 6.0 * low
+    seg = np.exp(logits - logits.max(0, keepdims=True))
+    seg /= seg.sum(0, keepdims=True)
+    if stage == "maps":  # stored for the present classes and background only
+        return {"contour": contour, "seg": seg[[0, *keys]]}, attrs
     if stage == "maps_all_classes":
-        seg = np.zeros((COCO_CLASSES + 1, h4, w4), np.float32)
-        seg[[0, *keys]] = present
-        seg /= seg.sum(0, keepdims=True)
         return {"contour": contour, "seg": seg}, {**attrs, "class_keys": list(range(1, COCO_CLASSES + 1))}
     raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
 
@@ -147,6 +149,37 @@ def child(stage: str, n: int, k: int, h: int, w: int, compression: str, folder: 
     }
 
 
+def time_cpu_stages(sizes: list[tuple[int, int]], k: int, repeats: int, seed: int) -> list[dict]:
+    """Seconds per image of the two CPU-bound per-image stages at real image sizes, one thread:
+    CRF seeds (sance_core.seeds.make_seed: two dense CRFs, IRNet settings) and pseudo-label
+    synthesis (sance_core.pseudo_labels.synthesize_label: propagation radius 5, beta 10, t 8)."""
+    import torch
+
+    from sance_core.pseudo_labels import synthesize_label
+    from sance_core.seeds import make_seed
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for h, w in sizes:
+        h4, w4 = -(-h // 4), -(-w // 4)
+        low = blobs(rng, k, h4, w4)
+        cams = upsample(low, h, w)
+        image = (rng.random((h, w, 3)) * 40 + np.stack([cams.max(0) * 200] * 3, -1)).astype(np.uint8)
+        keys = list(range(1, k + 1))
+        contour = np.clip(np.abs(np.gradient(low.sum(0))[0]) * 8, 0, 1).astype(np.float32)
+        for name, fn in (("seeds (2 dense CRFs)", lambda: make_seed(image, cams, keys)),
+                         ("pseudo_labels (propagation)", lambda: synthesize_label(low, keys, contour, (h, w)))):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            rows.append({"stage": name, "size": [h, w], "classes": k, "seconds_per_image": float(np.median(times))})
+            print(f"{name:30s} {h}x{w}, {k} classes: {np.median(times):.2f} s/image (median of {repeats})", flush=True)
+    return rows
+
+
 def run_child(args: argparse.Namespace, stage: str, n: int, folder: str) -> dict:
     cmd = [sys.executable, __file__, "--child", stage, str(n), "--classes", str(args.classes),
            "--height", str(args.height), "--width", str(args.width), "--compression", args.compression,
@@ -184,8 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folder", help="where the shards are written (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--cpu-stages", action="store_true",
+                   help="instead: time CRF seeds and propagation per image at VOC (375x500) and COCO (480x640) sizes")
     p.add_argument("--child", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.cpu_stages:
+        rows = time_cpu_stages([(375, 500), (480, 640)], args.classes, 3, args.seed)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cpu_stages": rows, "load_average": os.getloadavg()}, indent=1))
+        return 0
 
     if args.child:
         stage, n = args.child[0], int(args.child[1])
