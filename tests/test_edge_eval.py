@@ -219,7 +219,8 @@ def test_sbd_benchmark_category_15():
         ours = np.asarray(c.as_rows(thresholds), dtype=np.float64)
         np.testing.assert_array_equal(ours[:, 2], ref[:, 2])  # GT pixels: exact
         np.testing.assert_array_equal(ours[:, 4], ref[:, 4])  # thinned predictions: exact
-        assert np.abs(ours[:, [1, 3]] - ref[:, [1, 3]]).max() <= 3  # matches: randomised assignment
+        # matched counts: the assignment is randomised (seeded from the clock, as in MATLAB): within 1 %
+        assert (np.abs(ours[:, [1, 3]] - ref[:, [1, 3]]) <= 3 + 0.01 * ref[:, [1, 3]]).all()
         counts.append(c)
     s = ee.summarize(counts, thresholds)
     ods_t, _, _, ods, _, _, ois, area_pr, ap = _mat_row(root / "outdir" / "eval_bdry.txt")
