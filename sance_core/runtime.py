@@ -51,12 +51,16 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(threads: int) -> None:
-    """Respect the job's ``threads`` so parallel Snakemake jobs do not oversubscribe cores."""
-    import torch
+    """Respect the job's ``threads`` so parallel Snakemake jobs do not oversubscribe cores.
 
+    Torch reads ``OMP_NUM_THREADS`` when it is first imported, so jobs that never touch
+    torch (summaries, figures) do not pay for importing it here.
+    """
     threads = max(1, int(threads))
-    torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def visible_devices(name: str = "auto") -> list:
