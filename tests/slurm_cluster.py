@@ -6,8 +6,8 @@ spool, pid and log files. The daemons and our own client calls get the config th
 executor strips every ``SLURM_*`` variable before its ``srun``, which then looks for
 ``/etc/slurm/slurm.conf``. So the cluster also claims that path with a symbolic link to its
 own config, created atomically only when the path is free (an existing file is never touched,
-a live link of another test cluster means "busy"; only a dangling link left by a crashed run
-is replaced) and removed at stop only if it still points to this cluster's config. The ports
+a link to another live test cluster means "busy"; only a link left by a test run whose
+daemons are gone is replaced) and removed at stop only if it still points to this cluster's config. The ports
 are chosen free at start. :meth:`SlurmCluster.stop` cancels the cluster's jobs and then stops
 exactly the three daemons it started (its own children, checked against the pid files and
 their command lines), never anything found by name.
@@ -119,6 +119,29 @@ def node_hardware() -> dict[str, int]:
         raise SlurmSetupError(f"cannot read the node hardware from 'slurmd -C': {out!r}") from err
 
 
+HEADER = "# Written by tests/slurm_cluster.py"
+
+
+def _abandoned_test_config(link: Path) -> bool:
+    """The link points to a config this helper wrote, and none of that cluster's daemons is alive."""
+    target = Path(os.readlink(link))
+    try:
+        if not target.read_text().startswith(HEADER):
+            return False
+    except OSError:
+        return False
+    root = target.parent.parent
+    for pid_file in (root / "run").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if str(root).encode() in cmdline:
+            return False
+    return True
+
+
 @dataclass
 class Job:
     """One line of SLURM's job completion log (jobcomp/filetxt)."""
@@ -187,7 +210,7 @@ class SlurmCluster:
             slurmd_port = free_port()
         r = self.root
         lines = [
-            "# Written by tests/slurm_cluster.py for a throw-away single-node test cluster on 127.0.0.1.",
+            f"{HEADER} for a throw-away single-node test cluster on 127.0.0.1.",
             f"ClusterName={self.cluster_name}",
             f"SlurmctldHost={self.node}(127.0.0.1)",
             f"SlurmctldPort={ctld_port}",
@@ -239,8 +262,8 @@ class SlurmCluster:
         if self.system_conf is None:
             return
         path = self.system_conf
-        if path.is_symlink() and not path.exists():
-            log.warning("replacing dangling link %s -> %s (left by a crashed test run)", path, os.readlink(path))
+        if path.is_symlink() and (not path.exists() or _abandoned_test_config(path)):
+            log.warning("replacing link %s -> %s left by a test run that is gone", path, os.readlink(path))
             path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -435,8 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster._claimed = True  # released only if the link points to this cluster's config
         cluster.stop()
         return 0
-    install_slurm()
-    cluster.start()
+    try:
+        install_slurm()
+        cluster.start()
+    except SlurmSetupError as err:
+        log.error("%s", err)
+        return 1
     print(f"export SLURM_CONF={cluster.conf}")
     return 0
 

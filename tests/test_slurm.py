@@ -1,12 +1,16 @@
 """The SLURM profile on a real scheduler: the tiny pipeline through sbatch equals a local run.
 
 A single-node SLURM cluster on 127.0.0.1 is started for the module (tests/slurm_cluster.py:
-munged, slurmctld and slurmd from pid files under a temporary folder; installed with
-apt-get when missing) and stopped afterwards. ``snakemake all`` on tests/configs/tiny.yaml
-runs once through a profile derived from workflow/profiles/slurm (same executor and
-per-rule resource expressions; no GPU requests, memory capped to the test node, squeue for
-job status because the test cluster has no accounting) and once locally; every Snakemake
-job must have gone through sbatch, and every output file must be equal.
+munged, slurmctld and slurmd as children of the test, every file under a temporary folder;
+installed with apt-get when missing) and stopped afterwards. ``snakemake all`` on
+tests/configs/tiny.yaml runs through a profile derived from workflow/profiles/slurm (same
+executor and per-rule resource expressions; no GPU requests, memory capped to the test node,
+squeue for job status because the test cluster has no accounting, 1 thread per rule) and,
+side by side, locally with the same threads. Every Snakemake job must have gone through
+sbatch (its SLURM job id in Snakemake's log, its SLURM log, SLURM's completion record), and
+every output file must be equal in content (HDF5 datasets and attributes, image pixels,
+tensors, JSON/TSV values except wall-clock fields; CPU training is bit-reproducible at a
+fixed thread count, so no tolerance is used).
 
 Root is needed to run slurmd. Under CI (CI=true) a missing prerequisite fails the test;
 elsewhere it is skipped with the reason. SANCE_SKIP_SLURM=1 skips it on purpose (never in CI).
@@ -28,17 +32,16 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO
-from slurm_cluster import SlurmCluster, SlurmSetupError, SystemConfBusy, install_slurm, is_root
+from slurm_cluster import HEADER, SlurmCluster, SlurmSetupError, SystemConfBusy, install_slurm, is_root
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-# hard limits: the whole tiny pipeline takes ~1 min locally; through SLURM every job also
-# pays a Snakemake start-up inside its allocation and the status-check latency
-LOCAL_TIMEOUT = 600
-SLURM_TIMEOUT = int(os.environ.get("SANCE_SLURM_TEST_TIMEOUT", "900"))
+# hard limit of each run (they are killed after it): through SLURM every job also pays two
+# Snakemake start-ups inside its allocation (batch step + srun step) and the polling latency
+TIMEOUT = int(os.environ.get("SANCE_SLURM_TEST_TIMEOUT", "1200"))
 # resource keys that only make sense on a real cluster (the test node has no GPU, account or partition)
 CLUSTER_ONLY = ("gpu", "gres", "gpu_model", "slurm_partition", "slurm_account", "constraint", "qos", "cpus_per_gpu")
 # JSON keys / table columns that legitimately differ between two runs (wall-clock measurements)
@@ -145,6 +148,17 @@ def run_bounded(cmd: list[str], env: dict[str, str], timeout: int) -> subprocess
     return proc
 
 
+def start_bounded(cmd: list[str], env: dict[str, str], timeout: int) -> subprocess.Popen:
+    return subprocess.Popen(["timeout", "-k", "30", str(timeout), *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def elapsed(snakemake_log: str) -> float:
+    """Snakemake's own 'Elapsed time: H:MM:SS' (NaN if absent)."""
+    m = re.search(r"Elapsed time: (\d+):(\d+):([\d.]+)", snakemake_log)
+    return 3600 * int(m.group(1)) + 60 * int(m.group(2)) + float(m.group(3)) if m else float("nan")
+
+
 def job_counts(dry_run_output: str) -> Counter:
     """Rule -> number of jobs from Snakemake's 'Job stats' table (the `all` target excluded)."""
     counts: Counter = Counter()
@@ -235,22 +249,31 @@ def compare_image(a: Path, b: Path) -> list[str]:
     return []
 
 
+def _same_torch(x, y, where: str) -> list[str]:
+    import torch
+
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.shape != y.shape or x.dtype != y.dtype:
+            return [f"{where}: tensor shape/dtype differs"]
+        if not torch.equal(x, y):
+            return [f"{where}: differs (max |diff| {float((x.double() - y.double()).abs().max())})"]
+        return []
+    if isinstance(x, dict) and isinstance(y, dict):
+        if x.keys() != y.keys():
+            return [f"{where}: different keys"]
+        return [d for k in x if not TIMING.search(str(k)) for d in _same_torch(x[k], y[k], f"{where}.{k}")]
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        if len(x) != len(y):
+            return [f"{where}: lengths differ"]
+        return [d for i, (u, v) in enumerate(zip(x, y)) for d in _same_torch(u, v, f"{where}[{i}]")]
+    return [] if x == y else [f"{where}: {x!r} != {y!r}"]
+
+
 def compare_torch(a: Path, b: Path) -> list[str]:
     import torch
 
-    sa, sb = torch.load(a, map_location="cpu", weights_only=True), torch.load(b, map_location="cpu", weights_only=True)
-    if not isinstance(sa, dict):
-        return [] if torch.equal(sa, sb) else [f"{a.name}: tensors differ"]
-    if sa.keys() != sb.keys():
-        return [f"{a.name}: different keys"]
-    for k in sa:
-        x, y = sa[k], sb[k]
-        if isinstance(x, torch.Tensor):
-            if not torch.equal(x, y):
-                return [f"{a.name}: {k} differs (max |diff| {float((x.double() - y.double()).abs().max())})"]
-        elif x != y:
-            return [f"{a.name}: {k}: {x!r} != {y!r}"]
-    return []
+    return _same_torch(torch.load(a, map_location="cpu", weights_only=True),
+                       torch.load(b, map_location="cpu", weights_only=True), a.name)
 
 
 def compare_trees(a: Path, b: Path, folders: tuple[str, ...] = ("results", "resources")) -> tuple[int, list[str]]:
@@ -283,6 +306,33 @@ def compare_trees(a: Path, b: Path, folders: tuple[str, ...] = ("results", "reso
 
 # -- tests -----------------------------------------------------------------------------------
 
+def test_system_config_link_never_touches_a_foreign_file(tmp_path):
+    """The /etc/slurm/slurm.conf claim (here on a stand-in path): free, foreign, stale, released."""
+    system = tmp_path / "etc-slurm" / "slurm.conf"
+    cluster = SlurmCluster(tmp_path / "c1", system_conf=system)
+    cluster.conf.parent.mkdir(parents=True)
+    cluster.conf.write_text(f"{HEADER} (test)\n")
+    cluster._claim_system_conf()  # free: linked to this cluster's config
+    assert system.is_symlink() and Path(os.readlink(system)) == cluster.conf
+    other = SlurmCluster(tmp_path / "c2", system_conf=system)
+    # the first cluster's daemons are not running: its link counts as abandoned and is replaced
+    other._claim_system_conf()
+    assert Path(os.readlink(system)) == other.conf.resolve()
+    cluster._release_system_conf()  # not ours any more: left alone
+    assert system.is_symlink()
+    other._release_system_conf()
+    assert not system.exists() and not system.is_symlink()
+    system.write_text("ClusterName=production\n")  # somebody's real config
+    with pytest.raises(SystemConfBusy, match="a file we did not write"):
+        cluster._claim_system_conf()
+    assert system.read_text() == "ClusterName=production\n"
+    system.unlink()
+    system.symlink_to(tmp_path / "gone.conf")  # dangling
+    cluster._claim_system_conf()
+    assert Path(os.readlink(system)) == cluster.conf
+
+
+
 def test_sbatch_job_runs_and_is_recorded(cluster, tmp_path):
     """The cluster itself: a batch job runs on the node with a job id and lands in SLURM's records."""
     out = tmp_path / "job.out"
@@ -310,11 +360,25 @@ def test_tiny_pipeline_through_slurm_equals_local_run(cluster, tmp_path):
     expected = job_counts(dry.stdout + dry.stderr)
     assert sum(expected.values()) > 0
 
+    # the same workflow locally, with the same threads per rule, side by side with the SLURM run
+    # (which mostly waits on job start-up and polling)
+    local_env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    threads = [f"{rule}=1" for rule in rules]
+    local = start_bounded(snakemake_cmd(local_wd, "all", "--cores", "2", "--set-threads", *threads), local_env, TIMEOUT)
     start = time.monotonic()
-    proc = run_bounded(snakemake_cmd(slurm_wd, "--profile", str(profile), "all", fast_poll=True), env, SLURM_TIMEOUT)
-    slurm_seconds = time.monotonic() - start
+    finished = False
+    try:
+        proc = run_bounded(snakemake_cmd(slurm_wd, "--profile", str(profile), "all", fast_poll=True), env, TIMEOUT)
+        finished = True
+    finally:
+        slurm_seconds = time.monotonic() - start
+        if not finished or proc.returncode != 0:
+            local.terminate()  # `timeout` passes it on to the local Snakemake
+        local_out, local_err = local.communicate(timeout=TIMEOUT + 60)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"SLURM run failed:\n{log[-8000:]}{cluster._log_tail('slurmctld')}"
+    assert local.returncode not in (124, 137), f"local run did not finish within {TIMEOUT} s:\n{local_err[-4000:]}"
+    assert local.returncode == 0, f"local run failed:\n{local_err[-6000:]}"
 
     # 1. every Snakemake job was submitted with sbatch and got its own SLURM job id
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
@@ -333,16 +397,8 @@ def test_tiny_pipeline_through_slurm_equals_local_run(cluster, tmp_path):
         assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.fields
         assert Path(job.fields["WorkDir"]).resolve() == slurm_wd.resolve()
 
-    # the same workflow locally, with the same threads per rule
-    start = time.monotonic()
-    local_env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    threads = [f"{rule}=1" for rule in rules]
-    local = run_bounded(snakemake_cmd(local_wd, "all", "--cores", "2", "--set-threads", *threads), local_env, LOCAL_TIMEOUT)
-    local_seconds = time.monotonic() - start
-    assert local.returncode == 0, local.stderr[-6000:]
-
     n_files, diffs = compare_trees(slurm_wd, local_wd)
     assert n_files > 0
     assert not diffs, "SLURM and local outputs differ:\n" + "\n".join(diffs[:30])
     print(f"\n{sum(expected.values())} SLURM jobs ({dict(expected)}) in {slurm_seconds:.0f} s; "
-          f"local run {local_seconds:.0f} s; {n_files} output files equal")
+          f"local run (alongside) {elapsed(local_err):.0f} s; {n_files} output files equal")
