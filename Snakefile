@@ -5,6 +5,8 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from sance_core.config_checks import relation_errors, schema_error_message
+
 min_version("9.0")
 
 
@@ -12,16 +14,22 @@ configfile: "config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-# the top level first (unknown sections, global keys), then each section against its own schema
-validate(config, "workflow/schemas/config.schema.yaml")
+# the top level first (unknown sections, global keys), then each section against its own schema,
+# then what involves two keys; messages name the full key path and what is allowed
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as err:
+    raise WorkflowError(f"{schema_error_message(None, err.__context__)} (see workflow/schemas/config.schema.yaml)", err)
 SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation", "report"]
 for section in SECTIONS:
     try:
         validate(config[section], f"workflow/schemas/{section}.schema.yaml")
     except WorkflowError as err:
         raise WorkflowError(
-            f"config section '{section}' is invalid (see workflow/schemas/{section}.schema.yaml)", err
+            f"{schema_error_message(section, err.__context__)} (see workflow/schemas/{section}.schema.yaml)", err
         )
+if relation_errors(config):
+    raise WorkflowError("config values contradict each other:\n  " + "\n  ".join(relation_errors(config)))
 
 
 wildcard_constraints:

@@ -32,7 +32,7 @@ from sance_core.data.shards import read_shard
 from sance_core.data.transforms import normalize_image, resize_image
 from sance_core.runtime import resolve_device
 from sance_core.storage import ArtifactWriter
-from sance_core.training import load_model
+from sance_core.training import load_model, load_state_strict
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def load_classifier(model_path: str | Path, classes: Sequence[str], backbone: st
     """The trained classifier, strictly and with ``weights_only``; refuses other classes or backbone."""
     state, config = load_model(Path(model_path).parent, {"classes": list(classes), "backbone": backbone})
     model = build_from_config(config)
-    model.load_state_dict(state, strict=True)
+    load_state_strict(model, state, model_path)
     return model.to(device).eval()
 
 

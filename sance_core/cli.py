@@ -183,6 +183,8 @@ def _export(p: argparse.ArgumentParser):
 
         image = None
         if args.image:
+            import numpy as np
+
             from sance_core.data.io import read_image
             from sance_core.data.transforms import resize_image
 

@@ -348,9 +348,11 @@ def train(cfg: SegmenterConfig, data: SegmentationData, history: History | None 
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.3f}")
             if checkpoints is not None and (step % cfg.checkpoint_every == 0 or step == stop_after_step):
-                checkpoints.save(step, epoch, model, optimizer, {"elapsed_s": metrics["elapsed_s"]})
+                # history first: a crash between the two leaves an older checkpoint, and a resume keeps
+                # only the history rows up to its step, so both stay consistent
                 if history is not None and resume_history is not None:
                     history.save(resume_history)
+                checkpoints.save(step, epoch, model, optimizer, {"elapsed_s": metrics["elapsed_s"]})
             if step == stop_after_step or step >= cfg.iterations:
                 break
         if step == stop_after_step:

@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -53,6 +55,34 @@ def config_hash(config: Any) -> str:
 READER_METADATA_CACHE_BYTES = 1 << 20
 
 
+# Beyond that cache, HDF5 (2.0) keeps ~10 KB for every dataset opened in a file until the file is
+# closed (measured with h5py's low-level h5d.open/close alone), so a reader that stays open grows
+# with the images it reads (~12 KB each: 1 GB over COCO's train set), and so does every shard file
+# left open. A reader therefore closes its file after READER_REOPEN_EVERY images (reopening costs
+# about a millisecond), and at most READER_MAX_OPEN files are open per process, the least recently
+# used closed first. Peak memory of a stage then does not grow with the number of images or shards
+# (tests/test_reliability.py measures it in fresh processes).
+READER_REOPEN_EVERY = 128
+READER_MAX_OPEN = 8
+_open_readers: OrderedDict[int, weakref.ref] = OrderedDict()  # LRU of readers with an open file
+_open_readers_pid: int | None = None
+
+
+def _note_open(reader: "ArtifactReader") -> None:
+    """Register ``reader`` as most recently used; close the least recently used beyond the limit."""
+    global _open_readers_pid
+    if _open_readers_pid != os.getpid():  # a forked child: the parent's handles are not ours to close
+        _open_readers.clear()
+        _open_readers_pid = os.getpid()
+    _open_readers.pop(id(reader), None)
+    _open_readers[id(reader)] = weakref.ref(reader)
+    while len(_open_readers) > READER_MAX_OPEN:
+        _, ref = _open_readers.popitem(last=False)
+        oldest = ref()
+        if oldest is not None:
+            oldest.close()
+
+
 def _bound_metadata_cache(f: h5py.File, size: int = READER_METADATA_CACHE_BYTES) -> None:
     config = f.id.get_mdc_config()
     config.set_initial_size = True
@@ -61,6 +91,22 @@ def _bound_metadata_cache(f: h5py.File, size: int = READER_METADATA_CACHE_BYTES)
     config.incr_mode = 0  # H5C_incr__off: never grow
     config.flash_incr_mode = 0  # H5C_flash_incr__off
     f.id.set_mdc_config(config)
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete ``.<name>.tmp*`` siblings of ``path`` left by a writer that was killed before its rename.
+
+    Only one job ever writes a given output (Snakemake guarantees it), so a temporary file of
+    the same name found when a new writer starts belongs to a dead attempt: without this, every
+    killed job would leave a partial file (on COCO, gigabytes) behind for good.
+    """
+    path = Path(path)
+    prefix = f".{path.name}.tmp"
+    stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix)] if path.parent.is_dir() else []
+    for p in stale:
+        log.warning("removing %s, a partial file left by an earlier writer that did not finish", p)
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _check_id(image_id: str) -> None:
@@ -118,6 +164,7 @@ class ArtifactWriter:
 
     def __enter__(self) -> "ArtifactWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.path)
         self._file = h5py.File(self._tmp, "w", track_order=True)
         a = self._file.attrs
         a["sance_format"] = FORMAT_VERSION
@@ -191,6 +238,7 @@ class ArtifactReader:
         self.expect_stage = expect_stage
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._reads = 0
         if not self.path.exists():
             raise ArtifactError(f"{self.path}: artifact file does not exist")
 
@@ -198,6 +246,7 @@ class ArtifactReader:
         state = self.__dict__.copy()
         state["_file"] = None
         state["_pid"] = None
+        state["_reads"] = 0
         return state
 
     @property
@@ -215,13 +264,23 @@ class ArtifactReader:
             if self.expect_stage is not None and stage != self.expect_stage:
                 f.close()
                 raise ArtifactError(f"{self.path}: expected a {self.expect_stage!r} artifact, found {stage!r}")
-            self._file, self._pid = f, os.getpid()
+            self._file, self._pid, self._reads = f, os.getpid(), 0
+        _note_open(self)
         return self._file
+
+    def _count_read(self) -> None:
+        """After READER_REOPEN_EVERY images, close the file (reopened on the next access) to free HDF5's
+        per-dataset state."""
+        self._reads += 1
+        if self._reads >= READER_REOPEN_EVERY:
+            self.close()
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
+            _open_readers.pop(id(self), None)
         self._file = None
+        self._reads = 0
 
     def __enter__(self) -> "ArtifactReader":
         _ = self.file
@@ -261,8 +320,12 @@ class ArtifactReader:
         if name is not None:
             if name not in group:
                 raise KeyError(f"{self.path}: image {image_id!r} has no dataset {name!r} (has {list(group)})")
-            return _as_float32(group[name][()])
-        return {k: _as_float32(v[()]) for k, v in group.items()}
+            out: dict[str, np.ndarray] | np.ndarray = _as_float32(group[name][()])
+        else:
+            out = {k: _as_float32(v[()]) for k, v in group.items()}
+        del group
+        self._count_read()
+        return out
 
     def image_attrs(self, image_id: str) -> dict[str, Any]:
         return {k: _decode_attr(v) for k, v in self._group(image_id).attrs.items()}

@@ -55,7 +55,28 @@ def check_finite(step: int, **terms: float | torch.Tensor) -> None:
         )
 
 
+def _non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` strictly; weights that do not fit become a ValueError naming ``source``.
+
+    Never falls back to a partial (non-strict) load, which would silently run half-random weights.
+    """
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise ValueError(f"{source}: the weights do not fit the model its config.json describes "
+                         f"(another backbone or class list?): {detail[:400]}") from None
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    from sance_core.storage import remove_stale_temp_files
+
+    remove_stale_temp_files(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -76,6 +97,12 @@ class CheckpointManager:
              extra: dict[str, Any] | None = None) -> None:
         if self.dir is None:
             return
+        bad = _non_finite_tensors(model.state_dict())
+        if bad:  # the loss was finite but the step that followed it was not: keep the last good checkpoint
+            raise NonFiniteLossError(
+                f"non-finite weights after iteration {step} ({', '.join(bad[:5])}); {self.path} is not "
+                "overwritten, so the last good checkpoint is kept — lower the learning rate or check the inputs"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
@@ -179,6 +206,9 @@ class History:
 def save_model(model: nn.Module, config: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``model.pt`` (state dict only) and ``config.json`` side by side, each atomically."""
     out_dir = Path(out_dir)
+    bad = _non_finite_tensors(model.state_dict())
+    if bad:
+        raise NonFiniteLossError(f"refusing to save a model with non-finite weights ({', '.join(bad[:5])}) to {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_torch_save(model.state_dict(), out_dir / MODEL_FILE)
     tmp = out_dir / f".{CONFIG_FILE}.tmp"

@@ -1,0 +1,109 @@
+"""Config errors worded for the user, found before any job runs (called by the Snakefile).
+
+The Snakefile validates each config section against ``workflow/schemas/<section>.schema.yaml``.
+jsonschema words its first error relative to the section and buries the key in a schema
+dump; :func:`schema_error_message` turns it into one line that names the full key path
+(``seeds.crf.gt_prob``), the value and what is allowed. :func:`relation_errors` checks what
+a schema cannot express because it involves two keys (``bg_threshold <= fg_threshold``,
+``[low, high]`` ranges, mutually exclusive options); without it such a mistake would only
+surface when the stage's job starts, possibly after hours of earlier stages.
+
+Pure Python (no torch): it runs on every ``snakemake`` call, dry runs included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+
+def key_path(parts: Iterable[Any]) -> str:
+    """``["seeds", "crf", "gt_prob"]`` -> ``seeds.crf.gt_prob``; list indices as ``cam.scales[0]``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def schema_error_message(section: str | None, error: BaseException | None) -> str:
+    """One line for a jsonschema ``ValidationError`` of ``section`` (None: the top level).
+
+    Unknown keys list the allowed ones; enum errors list the allowed values; every message
+    starts with the full key path.
+    """
+    path = getattr(error, "absolute_path", None)
+    if error is None or path is None:  # not a jsonschema error: keep what we have
+        where = section or "(top level)"
+        return f"config {where}: {error}" if error is not None else f"config {where} is invalid"
+    parts = ([section] if section else []) + list(path)
+    where = key_path(parts)
+    validator = getattr(error, "validator", None)
+    schema = getattr(error, "schema", {}) or {}
+    instance = getattr(error, "instance", None)
+    if validator == "additionalProperties" and isinstance(instance, Mapping):
+        allowed = list(schema.get("properties", {}))
+        unknown = [k for k in instance if k not in allowed]
+        named = ", ".join(key_path([*parts, k]) for k in unknown)
+        return f"unknown config key(s) {named}; allowed keys here: {', '.join(allowed)}"
+    if validator == "enum":
+        allowed = ", ".join(repr(v) for v in schema.get("enum", []))
+        return f"config key {where}: {_short(instance)} is not allowed; allowed values: {allowed}"
+    message = getattr(error, "message", str(error))
+    return f"config key {where}: {message}"
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _range_error(config: Mapping[str, Any], key: str) -> str | None:
+    value = _get(config, key)
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        if value[0] > value[1]:
+            return f"config key {key}: [low, high] needs low <= high, got {list(value)}"
+    return None
+
+
+RANGE_KEYS = (
+    "classifier.scale_range", "sance.scale_range", "segmentation.scale_range",
+    "sance.paste.rect_scale", "sance.paste.patch_scale",
+)
+
+
+def relation_errors(config: Mapping[str, Any]) -> list[str]:
+    """Every violated constraint between two config keys, each naming the keys and values."""
+    errors: list[str] = []
+    fg, bg = _get(config, "seeds.fg_threshold"), _get(config, "seeds.bg_threshold")
+    if isinstance(fg, (int, float)) and isinstance(bg, (int, float)) and bg > fg:
+        errors.append(f"config keys seeds.bg_threshold ({bg}) and seeds.fg_threshold ({fg}): "
+                      "need bg_threshold <= fg_threshold (paper: 0.05 and 0.30)")
+    errors += [e for e in (_range_error(config, k) for k in RANGE_KEYS) if e]
+    for section in ("sance", "segmentation"):
+        if _get(config, f"{section}.weights") and _get(config, f"{section}.init_from_classifier"):
+            errors.append(f"config keys {section}.weights and {section}.init_from_classifier: set one, not both "
+                          f"(weights = an ImageNet file; init_from_classifier = start from the CAM classifier)")
+    if _get(config, "demo.enabled"):
+        lo, hi = _get(config, "demo.min_side"), _get(config, "demo.max_side")
+        if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
+            errors.append(f"config keys demo.min_side ({lo}) and demo.max_side ({hi}): need min_side < max_side")
+    modes = _get(config, "modes") or []
+    if not modes and not _get(config, "segmentation.modes"):
+        errors.append("config keys modes and segmentation.modes are both empty: the ablation table needs "
+                      "at least one mode (modes: irnet, sance_naive, sance; segmentation.modes: also fully_supervised)")
+    if ("sance" in modes and _get(config, "sance.online.refine") == "saliency"
+            and not _get(config, "sance.online.saliency_dir")):
+        errors.append("config key sance.online.saliency_dir: required when sance.online.refine is 'saliency'")
+    return errors
