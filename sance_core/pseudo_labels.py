@@ -87,14 +87,14 @@ class MapsConfig:
 
 def load_sance_model(model_file: str | Path, classes: Sequence[str], mode: str, device: torch.device) -> SanceModel:
     """The trained model of ``mode``; refuses a model of another dataset or mode."""
-    from sance_core.training import load_model
+    from sance_core.training import load_model, load_state_strict
 
     state, config = load_model(Path(model_file).parent, {"kind": "sance", "classes": list(classes), "mode": mode})
     missing = [k for k in ARCH_KEYS if k not in config]
     if missing:
         raise ValueError(f"{Path(model_file).parent}/config.json lacks {missing}")
     model = build_from_config(config)
-    model.load_state_dict(state, strict=True)
+    load_state_strict(model, state, model_file)
     return model.to(device).eval()
 
 

@@ -539,9 +539,11 @@ def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None =
             progress.set_postfix(loss=f"{metrics['loss']:.3f}")
             end_of_epoch = step % steps_per_epoch == 0
             if checkpoints is not None and (end_of_epoch or step == stop_after_step):
-                checkpoints.save(step, epoch, model, optimizer, {"metrics": metrics})
+                # history first: a crash between the two leaves an older checkpoint, and a resume keeps
+                # only the history rows up to its step, so both stay consistent
                 if history is not None and resume_history is not None:
                     history.save(resume_history)
+                checkpoints.save(step, epoch, model, optimizer, {"metrics": metrics})
             if step == stop_after_step:
                 progress.close()
                 return model, metrics
