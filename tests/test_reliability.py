@@ -52,6 +52,14 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def _classifier_checkpoints_every_epoch() -> dict:
+    """Settings that make the classifier checkpoint at every epoch end (the crash tests count on
+    it); a time limit between its checkpoints (``checkpoint_interval``), where the classifier has
+    one, is turned off."""
+    schema = yaml.safe_load((SCHEMAS / "classifier.schema.yaml").read_text())
+    return {"checkpoint_interval": 0} if "checkpoint_interval" in schema["properties"] else {}
+
+
 def _calls(name: str) -> list[tuple[Path, ast.Call]]:
     """Every call of a function or method called ``name`` in sance_core, with its file."""
     found = []
@@ -401,7 +409,7 @@ def _classifier_params(tmp: Path, out: Path) -> dict:
     return {
         "dataset": {"root": str(tmp / "data"), "classes": ["background", "a", "b", "c"]},
         "epochs": 3, "batch_size": 2, "crop_size": 32, "lr": 0.01, "seed": 3, "device": "cpu",
-        "resume_dir": str(out / ".resume"),
+        "resume_dir": str(out / ".resume"), **_classifier_checkpoints_every_epoch(),
     }
 
 
@@ -562,7 +570,8 @@ def test_a_training_job_killed_in_the_workflow_resumes_on_rerun(workdir, tiny_co
     """kill -9 of the train_classifier job (not of Snakemake) after its first checkpoint: Snakemake
     reports the failure; the rerun resumes at that checkpoint and ends with the uninterrupted model."""
     longer = tmp_path / "longer.yaml"
-    longer.write_text(yaml.safe_dump({"classifier": {"epochs": 4}}))  # 12 images, batch 4: 12 steps
+    # 12 images, batch 4: 12 steps
+    longer.write_text(yaml.safe_dump({"classifier": {"epochs": 4, **_classifier_checkpoints_every_epoch()}}))
     configs = [tiny_config, longer]
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -687,7 +696,8 @@ def _classifier_run(tmp: Path, monkeypatch):
     from test_classifier import make_dataset, small_config
 
     spec, manifest = make_dataset(tmp / "data", n=6)
-    cfg = small_config(spec, epochs=3, resume_dir=str(tmp / "resume"))  # 3 steps per epoch
+    cfg = small_config(spec, epochs=3, resume_dir=str(tmp / "resume"),  # 3 steps per epoch
+                       **_classifier_checkpoints_every_epoch())
     monkeypatch.setattr(clf.F, "multilabel_soft_margin_loss", _nan_at(4, clf.F.multilabel_soft_margin_loss))
     return lambda: clf.train(cfg, clf.load_training_set(cfg, manifest)), 3, "loss=nan"
 
@@ -754,7 +764,8 @@ def test_an_exploding_learning_rate_never_leaves_a_non_finite_checkpoint(tmp_pat
     from test_classifier import make_dataset, small_config
 
     spec, manifest = make_dataset(tmp_path / "data", n=6)
-    cfg = small_config(spec, epochs=3, lr=1000.0, resume_dir=str(tmp_path / "resume"))
+    cfg = small_config(spec, epochs=3, lr=1000.0, resume_dir=str(tmp_path / "resume"),
+                       **_classifier_checkpoints_every_epoch())
     outputs = {k: str(tmp_path / "out" / f) for k, f in (
         ("model", "model.pt"), ("config", "config.json"), ("history", "history.csv"), ("curve", "curve.png"))}
     with pytest.raises(NonFiniteLossError, match="non-finite .*the last good checkpoint is kept"):
