@@ -15,6 +15,7 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from tqdm import tqdm
 
 from sance_core.backbones import BACKBONES, ResNetBackbone
@@ -51,6 +53,7 @@ class ClassifierConfig:
     backbone: str = "resnet18"  # paper: resnet101 (VOC), resnet50 (COCO)
     weights: str | None = None  # local ImageNet state dict; paper: ImageNet-pretrained
     output_stride: int = 16
+    zero_init_residual: bool = True  # random init only: each residual branch starts as identity
     epochs: int = 5  # paper: 5
     batch_size: int = 16  # paper: 16
     crop_size: int = 128  # paper: 512
@@ -64,6 +67,7 @@ class ClassifierConfig:
     device: str = "auto"
     workers: int = 0
     resume_dir: str | None = None  # checkpoints for resuming; outside the declared outputs
+    checkpoint_interval: float = 60.0  # seconds: checkpoint at an epoch end at most this often (0 = every epoch)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -79,19 +83,23 @@ class ClassifierConfig:
             raise ValueError("need lr > 0, head_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.checkpoint_interval < 0:
+            raise ValueError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
 
 
 class CAMClassifier(nn.Module):
     """ResNet backbone + global average pooling + bias-free 1x1 classifier (IRNet's ``resnet50_cam``)."""
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", weights: str | None = None,
-                 output_stride: int = 16) -> None:
+                 output_stride: int = 16, zero_init_residual: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.backbone = ResNetBackbone(backbone, weights, output_stride)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, 1, bias=False)
+        if zero_init_residual and not weights:
+            zero_last_bn(self.backbone)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last backbone stage, ``[B, D, H/s, W/s]``."""
@@ -116,6 +124,19 @@ class CAMClassifier(nn.Module):
             g["initial_lr"] = g["lr"]
             g["weight_decay"] = weight_decay
         return groups
+
+
+def zero_last_bn(backbone: nn.Module) -> None:
+    """Zero the last BatchNorm scale of every residual block (Goyal et al., 2017).
+
+    Each block then starts as the identity, which makes a randomly initialised ResNet train
+    faster; it is not applied to pretrained weights.
+    """
+    for block in backbone.modules():
+        if isinstance(block, Bottleneck):
+            nn.init.zeros_(block.bn3.weight)
+        elif isinstance(block, BasicBlock):
+            nn.init.zeros_(block.bn2.weight)
 
 
 def model_config(cfg: ClassifierConfig) -> dict[str, Any]:
@@ -235,7 +256,8 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    model = CAMClassifier(len(cfg.dataset.classes) - 1, cfg.backbone, cfg.weights, cfg.output_stride).to(device)
+    model = CAMClassifier(len(cfg.dataset.classes) - 1, cfg.backbone, cfg.weights, cfg.output_stride,
+                          cfg.zero_init_residual).to(device)
     optimizer = torch.optim.SGD(
         model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
     )
@@ -255,6 +277,7 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
              cfg.backbone, len(data), cfg.epochs, steps_per_epoch, min(cfg.batch_size, len(data)),
              cfg.crop_size, device)
     metrics: dict[str, float] = {}
+    last_save = time.monotonic()
     model.train()
     progress = tqdm(total=total_steps, initial=step, desc="classifier", unit="step", mininterval=5)
     while step < total_steps:
@@ -278,14 +301,16 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
             if history is not None:
                 history.append(**metrics)
             progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}", refresh=False)
             end_of_epoch = step % steps_per_epoch == 0
-            if checkpoints is not None and (end_of_epoch or step == stop_after_step):
+            due = time.monotonic() - last_save >= cfg.checkpoint_interval
+            if checkpoints is not None and ((end_of_epoch and due) or step == stop_after_step):
                 # history first: a crash between the two leaves an older checkpoint, and a resume keeps
                 # only the history rows up to its step, so both stay consistent
                 if history is not None and resume_history is not None:
                     history.save(resume_history)
                 checkpoints.save(step, epoch, model, optimizer, {"metrics": metrics})
+                last_save = time.monotonic()
             if step == stop_after_step:
                 progress.close()
                 return model, metrics
@@ -297,7 +322,8 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
 
 def _fingerprint(cfg: ClassifierConfig) -> dict[str, Any]:
     """The settings a checkpoint must share to be resumed (not where or how fast it runs)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "workers", "resume_dir")}
+    return {k: v for k, v in to_dict(cfg).items()
+            if k not in ("device", "workers", "resume_dir", "checkpoint_interval")}
 
 
 def run_stage(cfg: ClassifierConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, float]:

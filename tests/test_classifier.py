@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
 
 from sance_core.classifier import (
@@ -189,3 +190,14 @@ def test_training_set_refuses_a_manifest_of_other_classes(tmp_path):
     other = replace(spec, classes=("background", "x", "y", "z"))
     with pytest.raises(ValueError, match="classes"):
         load_training_set(small_config(other), manifest)
+
+
+def test_zero_init_residual_applies_to_random_init_only(tmp_path):
+    model = CAMClassifier(3, "resnet18", zero_init_residual=True)
+    blocks = [b for layer in (model.backbone.layer1, model.backbone.layer4) for b in layer]
+    assert all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    assert torch.count_nonzero(model.backbone.stem[1].weight) > 0  # the stem keeps its BatchNorm
+    weights = tmp_path / "imagenet.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    pretrained = CAMClassifier(3, "resnet18", weights=str(weights), zero_init_residual=True)
+    assert all(torch.count_nonzero(b.bn2.weight) > 0 for b in pretrained.backbone.layer1)
