@@ -193,7 +193,9 @@ def test_contour_stage_on_one_shard(tmp_path):
         cfg = ContourEvalConfig(dataset=spec, thresholds=9, mode=name, thinning=False)
         result = evaluate_contour_maps(cfg, manifest, [str(tmp_path / f"{name}.h5")])
         if noise == 0:
-            assert result["ods"] == pytest.approx(1.0) and result["ois"] == pytest.approx(1.0)
+            # pyEdgeEval's correspond_pixels is clock-seeded and randomised (like the MATLAB original):
+            # even identical maps can leave a handful of pixels unmatched (0.9946 seen in one run)
+            assert result["ods"] == pytest.approx(1.0, abs=0.01) and result["ois"] == pytest.approx(1.0, abs=0.01)
             # thinning drops the inner pixel of each staircase corner: precision stays 1, recall dips
             thinned = evaluate_contour_maps(replace(cfg, thinning=True), manifest, [str(tmp_path / f"{name}.h5")])
             assert thinned["ods_precision"] == pytest.approx(1.0) and 0.9 < thinned["ods"] < 1.0
