@@ -172,6 +172,7 @@ def test_config_rejects_bad_scales(toy):
 # --------------------------------------------------------------------------- workflow
 
 
+@pytest.mark.workflow
 def test_set_scatter_gives_one_cam_job_per_shard(workdir):
     proc = run_snakemake(workdir, "-n", "all", "--set-scatter", "shard=3")
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
@@ -179,7 +180,10 @@ def test_set_scatter_gives_one_cam_job_per_shard(workdir):
     assert counts.get("train_classifier") == "1"
 
 
+@pytest.mark.slow
+@pytest.mark.workflow
 def test_tiny_workflow_trains_the_classifier_and_writes_cam_shards(workdir, tiny_config):
+    """The real rules on the tiny demo (about a minute on a busy 2-core machine: marked slow)."""
     targets = [f"results/tiny/cam/{k}-of-2.h5" for k in (1, 2)]
     run_snakemake(workdir, *targets, "--cores", "2", "--configfile", str(tiny_config))
     manifest = Manifest.load(workdir / "results/tiny/manifest.json")
