@@ -168,7 +168,8 @@ class PseudoLabelConfig:
     radius: int = 5
     beta: float = 10.0
     exp_times: int = 8
-    tau_b: float = 0.25  # background constant after max-normalisation; the paper gives no value
+    tau_b: float = 0.25  # background constant; the paper gives no value (IRNet: 0.25)
+    normalize_seg: bool = False  # divide propagated seg scores by their global max (CAMs always are, as IRNet)
     compression: str = "gzip"
 
     def __post_init__(self) -> None:
@@ -181,11 +182,14 @@ class PseudoLabelConfig:
 
 
 def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarray, size: tuple[int, int],
-                     radius: int = 5, beta: float = 10.0, exp_times: int = 8, tau_b: float = 0.25) -> np.ndarray:
+                     radius: int = 5, beta: float = 10.0, exp_times: int = 8, tau_b: float = 0.25,
+                     normalize: bool = True) -> np.ndarray:
     """Pseudo label ``[H, W]`` uint8 from present-class scores ``[K, h4, w4]`` and a contour ``[h4, w4]``.
 
-    Propagate, upsample x4 (bilinear, cropped to ``size``), divide by the global maximum, put
-    the constant ``tau_b`` in front as background, arg-max, map channel k to ``keys[k]``.
+    Propagate, upsample x4 (bilinear, cropped to ``size``), divide by the global maximum
+    (``normalize``; IRNet's recipe for CAMs, whose scale is arbitrary — softmax maps are
+    probabilities already), put the constant ``tau_b`` in front as background, arg-max, map
+    channel k to ``keys[k]``.
     """
     scores = np.asarray(scores, dtype=np.float32)
     contour = np.asarray(contour, dtype=np.float32)
@@ -200,7 +204,7 @@ def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarra
         return np.zeros((h, w), dtype=np.uint8)
     prop = propagate(torch.from_numpy(scores), torch.from_numpy(contour).clamp(0, 1), radius, beta, exp_times)
     up = F.interpolate(prop[None], scale_factor=MAP_STRIDE, mode="bilinear", align_corners=False)[0, :, :h, :w]
-    label = scores_to_label(up, tau_b, keys=torch.as_tensor(list(keys), dtype=torch.long), normalize=True)
+    label = scores_to_label(up, tau_b, keys=torch.as_tensor(list(keys), dtype=torch.long), normalize=normalize)
     return label.numpy().astype(np.uint8)
 
 
@@ -220,7 +224,8 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
         raise ArtifactError(f"maps/CAM shards lack {len(missing)} image(s) of this shard, e.g. {missing[:3]}")
     log.info("pseudo labels of %d images from the %s map (mode %s, radius %d, beta %g, t %d, tau_b %g)",
              len(ids), cfg.map, cfg.mode, cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b)
-    attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b}
+    attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b,
+             "normalize": cfg.map == "cam" or cfg.normalize_seg}
     with ArtifactWriter(outputs["labels"], stage="pseudo_labels", config=cfg, compression=cfg.compression,
                         attrs=attrs) as writer:
         for image_id in tqdm(ids, desc=f"pseudo[{cfg.mode}]", unit="img", mininterval=5):
@@ -238,7 +243,8 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
             if scores.shape[1:] != contour.shape:
                 raise ArtifactError(f"{image_id}: score map {scores.shape[1:]} and contour {contour.shape} differ")
             label = synthesize_label(scores.reshape(len(keys), *contour.shape), keys, contour, size,
-                                     cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b)
+                                     cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b,
+                                     normalize=cfg.map == "cam" or cfg.normalize_seg)
             writer.add(image_id, {"label": label}, {"size": list(size), "tau_b": cfg.tau_b})
     maps.close()
     if cams is not None:

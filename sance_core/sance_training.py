@@ -52,8 +52,9 @@ from sance_core.models.sance import (
     build_sance_model,
     load_backbone_from_classifier,
 )
-from sance_core.online_labels import make_online_label
+from sance_core.online_labels import online_label
 from sance_core.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
+from sance_core.propagation import propagate_batch
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.storage import ArtifactError, open_shards
 from sance_core.training import CheckpointManager, History, check_finite, save_model, set_poly_lr
@@ -119,6 +120,7 @@ class OnlineConfig:
     beta: float = 10.0
     exp_times: int = 8
     tau_b: float = 0.25  # background constant of Eq. (7); the paper gives no value
+    normalize: bool = False  # divide M^b by its global max before tau_b (IRNet's CAM recipe; not in Eq. 7)
     warmup: float = 0.0  # fraction of the iterations before the online losses start (paper: 0)
     refine: str = "crf"  # Eq. (8) reference: "crf" (dense CRF of M) or "saliency"
     refine_contour: bool = True  # Table 4's best: refine the contour branch's online label only
@@ -163,6 +165,7 @@ class SanceConfig:
     weight_decay: float = 5e-4  # paper: 5e-4
     momentum: float = 0.9  # paper: 0.9
     poly_power: float = 0.9
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping (paper: none)
     contour_radius: int = 10  # paper: delta = delta-hat = 10 for Eq. (4)
     contour_power: float = 1.0  # paper: n = 1 for Eq. (4)
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -191,6 +194,8 @@ class SanceConfig:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
         if self.lr <= 0 or self.new_lr_mult <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, new_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.contour_radius < 2:
             raise ValueError(f"contour_radius must be >= 2, got {self.contour_radius}")
         if self.paste.enabled and self.paste.align % MAP_STRIDE:
@@ -366,7 +371,11 @@ def online_targets(
     """
     on = cfg.online
     with torch.no_grad():
-        yb = make_online_label(seg_probs.float(), contour.float(), tags, on.tau_b, on.radius, on.beta, on.exp_times)
+        fg = seg_probs[:, 1:].float()
+        present = tags.to(device=fg.device).bool()[:, :, None, None]
+        fg = torch.where(present, fg, torch.zeros_like(fg))  # Eq. (7) zeroes them anyway: keep them out of T
+        mb = propagate_batch(fg, contour.float(), radius=on.radius, beta=on.beta, exp_times=on.exp_times)
+        yb = online_label(mb, tags, on.tau_b, normalize=on.normalize)
         yr = yb
         if cfg.spec.refine and (on.refine_contour or on.refine_seg):
             if on.refine == "crf":
@@ -529,6 +538,10 @@ def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None =
             check_finite(step, loss=loss, **terms)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                logs["grad_norm"] = float(grad_norm)
             scaler.step(optimizer)
             scaler.update()
             step += 1

@@ -63,6 +63,13 @@ def test_keys_map_channels_to_class_ids_and_global_max_keeps_weak_classes_weak()
     assert (label[:, 22:] == 5).all()
 
 
+def test_seg_probabilities_are_compared_with_tau_b_unless_normalised():
+    scores = np.full((1, 4, 4), 0.2, np.float32)  # a weak but uniform class
+    contour = np.zeros((4, 4), np.float32)
+    assert (synthesize_label(scores, [3], contour, (16, 16), exp_times=0, normalize=False) == 0).all()
+    assert (synthesize_label(scores, [3], contour, (16, 16), exp_times=0, normalize=True) == 3).all()
+
+
 def test_no_present_class_gives_background_and_bad_shapes_fail():
     assert (synthesize_label(np.zeros((0, 3, 3)), [], np.zeros((3, 3)), (10, 12)) == 0).all()
     with pytest.raises(ValueError, match="disagree"):
@@ -205,3 +212,60 @@ def test_a_model_of_another_mode_is_refused(trained):
         run_infer_maps(from_dict(MapsConfig, {"dataset": ds, "mode": "sance"}),
                        {"model": str(models["irnet"]), "shard": str(data / "shard.txt"),
                         "manifest": str(data / "manifest.json")}, {"maps": str(tmp / "x.h5")})
+
+
+# ------------------------------------------------------------------ through Snakemake
+
+
+def _jobs(stdout: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    lines = stdout.split("Job stats:")[1].splitlines()[3:]
+    out = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def test_dry_run_schedules_every_mode_per_shard(workdir, tiny_config):
+    from conftest import run_snakemake
+
+    targets = [f"results/tiny/{m}/eval/pseudo_labels.json" for m in ("irnet", "sance_naive", "sance")]
+    proc = run_snakemake(workdir, "-n", *targets, "--configfile", str(tiny_config))
+    jobs = _jobs(proc.stdout)
+    assert jobs["train_sance"] == 3 and jobs["infer_maps"] == 6 and jobs["make_pseudo_labels"] == 6
+    assert jobs["evaluate_pseudo_labels"] == 3
+    assert "results/tiny/cam/1-of-2.h5" in proc.stdout  # the irnet labels propagate the CAMs
+
+
+@pytest.mark.slow
+def test_tiny_run_of_the_three_modes_and_param_isolation(workdir, tiny_config, tmp_path):
+    """All three modes end to end on the tiny config; then a refine-only change reruns 'sance' alone."""
+    import yaml
+    from conftest import run_snakemake
+
+    modes = ("irnet", "sance_naive", "sance")
+    targets = [t for m in modes for t in (f"results/tiny/{m}/eval/pseudo_labels.json",
+                                          f"results/tiny/{m}/pseudo_labels/png")]
+    run_snakemake(workdir, *targets, "--cores", "2", "--configfile", str(tiny_config))
+    for mode in modes:
+        result = json.loads((workdir / f"results/tiny/{mode}/eval/pseudo_labels.json").read_text())
+        assert result["n_images"] == 12 and result["tau_b"] == 0.25 and result["mode"] == mode
+        assert result["map"] == ("cam" if mode == "irnet" else "seg")
+        pngs = sorted((workdir / f"results/tiny/{mode}/pseudo_labels/png").glob("*.png"))
+        assert len(pngs) == 12 and Image.open(pngs[0]).mode == "P"
+        model_dir = workdir / f"results/tiny/{mode}/sance_model"
+        assert json.loads((model_dir / "config.json").read_text())["seg_branch"] == (mode != "irnet")
+        assert (model_dir / "curve.png").stat().st_size > 0
+        assert (workdir / f"benchmarks/tiny/train_sance_{mode}.tsv").exists()
+        assert (workdir / f"logs/tiny/make_pseudo_labels_{mode}_1-of-2.log").exists()
+    assert not list((workdir / "results/tiny/.resume").rglob("checkpoint.pt"))  # cleared after success
+    override = tmp_path / "refine.yaml"
+    override.write_text(yaml.safe_dump({"sance": {"online": {"crf": {"iterations": 3}}}}))
+    proc = run_snakemake(workdir, "-n", *targets, "--configfile", str(tiny_config), str(override))
+    jobs = _jobs(proc.stdout)
+    assert jobs.get("train_sance") == 1 and jobs.get("infer_maps") == 2
+    assert "results/tiny/sance/sance_model/model.pt" in proc.stdout
+    assert "results/tiny/irnet/sance_model" not in proc.stdout.split("Job stats:")[1]

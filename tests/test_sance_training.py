@@ -80,6 +80,17 @@ def test_refine_takes_background_from_the_crf_label_for_the_contour_branch_only(
     assert torch.equal(naive["contour"], naive["yb"])
 
 
+def test_normalize_compares_tau_b_with_max_normalised_scores():
+    probs = torch.zeros(1, 3, 6, 6)
+    probs[0, 1] = 0.2  # an unconfident map: below tau_b as a probability, at the max after normalising
+    probs[0, 0] = 0.8
+    contour = torch.zeros(1, 6, 6)
+    tags = torch.tensor([[True, False]])
+    assert (online_targets(_cfg(mode="sance_naive"), probs, contour, tags)["yb"] == 0).all()
+    normalized = _cfg(mode="sance_naive", online={"normalize": True})
+    assert (online_targets(normalized, probs, contour, tags)["yb"] == 1).all()
+
+
 def test_saliency_refine_and_valid_mask():
     probs, contour = _two_regions()
     sal = torch.ones(1, 8, 12, dtype=torch.long)
@@ -215,6 +226,7 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     ({"online": {"refine": "saliency"}}, "saliency_dir"),
     ({"online": {"warmup": 1.5}}, "warmup"),
     ({"paste": {"seeds": "drop"}}, "seeds"),
+    ({"grad_clip": -1.0}, "grad_clip"),
 ])
 def test_config_errors_name_the_key(override, key):
     with pytest.raises((ConfigError, ValueError), match=key):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from PIL import Image
 
@@ -293,3 +294,54 @@ def test_load_segmenter_refuses_mismatches_clearly(trained, tmp_path):
     (broken / "config.json").write_text(json.dumps({**config, "kind": "cam_classifier"}))
     with pytest.raises(ValueError, match="not a 'deeplab_v2'"):
         load_segmenter(broken)
+
+
+# --------------------------------------------------------------------------- workflow
+
+
+@pytest.mark.workflow
+def test_dag_trains_one_segmenter_per_mode_on_its_pseudo_labels(workdir):
+    from conftest import run_snakemake
+
+    proc = run_snakemake(workdir, "-n", "all", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    assert "train_segmenter" in out and "predict_segmenter" in out and "evaluate_segmenter" in out
+    dag = run_snakemake(workdir, "-n", "results/demo/sance/eval/segmentation.json", "results/demo/fully_supervised/"
+                        "eval/segmentation.json").stdout
+    assert "results/demo/sance/pseudo_labels/png" in dag
+    assert "results/demo/fully_supervised/pseudo_labels" not in dag
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_tiny_segmenter_rules_run_and_rerun_only_what_changed(workdir, tiny_config, tmp_path):
+    from conftest import run_snakemake
+
+    target = "results/tiny/fully_supervised/eval/segmentation.json"
+    run_snakemake(workdir, target, "--cores", "2", "--configfile", str(tiny_config))
+    result = json.loads((workdir / target).read_text())
+    assert 0.0 <= result["miou"] <= 1.0 and result["n_images"] == 6 and result["mode"] == "fully_supervised"
+    seg = workdir / "results/tiny/fully_supervised/segmenter"
+    assert {p.name for p in seg.iterdir()} >= {"model.pt", "config.json", "history.csv", "curve.png"}
+    assert sorted(p.name for p in (workdir / "results/tiny/fully_supervised/predictions").glob("*.h5")) == [
+        "1-of-2.h5", "2-of-2.h5"]
+    for name in ("train_segmenter_fully_supervised", "predict_segmenter_fully_supervised_1-of-2",
+                 "evaluate_segmenter_fully_supervised"):
+        assert (workdir / f"logs/tiny/{name}.log").exists() and (workdir / f"benchmarks/tiny/{name}.tsv").exists()
+    # the trained model is what `sance predict` deploys
+    from sance_core.cli import main
+
+    image = sorted((workdir / "resources/tiny/JPEGImages").iterdir())[0]
+    assert main(["predict", "--model", str(seg), str(image), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    # inference settings rerun inference and evaluation only; training settings rerun training too
+    def changed(name: str, **segmentation) -> str:
+        overlay = yaml.safe_load(tiny_config.read_text())
+        overlay["segmentation"] = {**overlay.get("segmentation", {}), **segmentation}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(overlay))
+        return str(path)
+
+    dry = run_snakemake(workdir, target, "-n", "--configfile", changed("scales", test_scales=[0.5, 1.0])).stdout
+    assert "predict_segmenter" in dry and "evaluate_segmenter" in dry and "train_segmenter" not in dry
+    dry = run_snakemake(workdir, target, "-n", "--configfile", changed("iters", iterations=3)).stdout
+    assert "train_segmenter" in dry and "validate_dataset" not in dry

@@ -173,7 +173,7 @@ SANCE_MODE_RE = "|".join(SANCE_MODES)
 SANCE_TRAIN_KEYS = (
     "backbone", "weights", "init_from_classifier", "output_stride", "frozen_bn", "contour_channels",
     "epochs", "batch_size", "crop_size", "scale_range", "lr", "new_lr_mult", "weight_decay", "momentum",
-    "poly_power", "contour_radius", "contour_power", "amp",
+    "poly_power", "grad_clip", "contour_radius", "contour_power", "amp",
 )
 
 
@@ -248,7 +248,7 @@ def make_pseudo_labels_params(mode):
         "mode": mode,
         "split": config["data"]["train_split"],
         "map": pseudo_label_map(mode),
-        **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b")},
+        **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg")},
         "compression": config["artifacts"]["compression"],
     }
 

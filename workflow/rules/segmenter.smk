@@ -12,7 +12,8 @@ rule train_segmenter:
         model=f"{RESULTS}/{{mode}}/segmenter/model.pt",
         config=f"{RESULTS}/{{mode}}/segmenter/config.json",
         history=f"{RESULTS}/{{mode}}/segmenter/history.csv",
-        curve=report(f"{RESULTS}/{{mode}}/segmenter/curve.png", category="DeepLab", labels={"mode": "{mode}"}),
+        curve=report(f"{RESULTS}/{{mode}}/segmenter/curve.png", caption="../report/segmenter_curve.rst",
+                     category="Training", subcategory="DeepLab", labels={"mode": "{mode}"}),
     params:
         cfg=lambda wc: segmenter_train_params(wc.mode),
     log:
@@ -61,8 +62,10 @@ rule evaluate_segmenter:
         manifest=manifest(),
         predictions=scatter.shard(f"{RESULTS}/{{{{mode}}}}/predictions/{{scatteritem}}.h5"),
     output:
-        json=f"{RESULTS}/{{mode}}/eval/segmentation.json",
-        tsv=f"{RESULTS}/{{mode}}/eval/segmentation.tsv",
+        json=report(f"{RESULTS}/{{mode}}/eval/segmentation.json", caption="../report/eval_segmentation.rst",
+                    category="Evaluation", subcategory="DeepLab", labels={"mode": "{mode}", "file": "json"}),
+        tsv=report(f"{RESULTS}/{{mode}}/eval/segmentation.tsv", caption="../report/eval_segmentation.rst",
+                   category="Evaluation", subcategory="DeepLab", labels={"mode": "{mode}", "file": "tsv"}),
     params:
         cfg=lambda wc: {"dataset": dataset_params(), "mode": wc.mode, "split": SEG_VAL},
     log:
