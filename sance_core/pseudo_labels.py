@@ -169,7 +169,7 @@ class PseudoLabelConfig:
     beta: float = 10.0
     exp_times: int = 8
     tau_b: float = 0.25  # background constant; the paper gives no value (IRNet: 0.25)
-    normalize_seg: bool = False  # divide propagated seg scores by their global max (CAMs always are, as IRNet)
+    normalize_seg: bool = True  # divide propagated seg scores by their global max (CAMs always are, as IRNet)
     compression: str = "gzip"
 
     def __post_init__(self) -> None:

@@ -120,7 +120,7 @@ class OnlineConfig:
     beta: float = 10.0
     exp_times: int = 8
     tau_b: float = 0.25  # background constant of Eq. (7); the paper gives no value
-    normalize: bool = False  # divide M^b by its global max before tau_b (IRNet's CAM recipe; not in Eq. 7)
+    normalize: bool = True  # divide M^b by its global max before tau_b (DESIGN.md; IRNet's recipe; Eq. 7 is silent)
     warmup: float = 0.0  # fraction of the iterations before the online losses start (paper: 0)
     refine: str = "crf"  # Eq. (8) reference: "crf" (dense CRF of M) or "saliency"
     refine_contour: bool = True  # Table 4's best: refine the contour branch's online label only

@@ -86,9 +86,9 @@ def test_normalize_compares_tau_b_with_max_normalised_scores():
     probs[0, 0] = 0.8
     contour = torch.zeros(1, 6, 6)
     tags = torch.tensor([[True, False]])
-    assert (online_targets(_cfg(mode="sance_naive"), probs, contour, tags)["yb"] == 0).all()
-    normalized = _cfg(mode="sance_naive", online={"normalize": True})
-    assert (online_targets(normalized, probs, contour, tags)["yb"] == 1).all()
+    raw = _cfg(mode="sance_naive", online={"normalize": False})
+    assert (online_targets(raw, probs, contour, tags)["yb"] == 0).all()
+    assert (online_targets(_cfg(mode="sance_naive"), probs, contour, tags)["yb"] == 1).all()  # the default
 
 
 def test_saliency_refine_and_valid_mask():
