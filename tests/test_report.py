@@ -196,9 +196,10 @@ def test_contour_stage_on_one_shard(tmp_path):
             # pyEdgeEval's correspond_pixels is clock-seeded and randomised (like the MATLAB original):
             # even identical maps can leave a handful of pixels unmatched (0.9946 seen in one run)
             assert result["ods"] == pytest.approx(1.0, abs=0.01) and result["ois"] == pytest.approx(1.0, abs=0.01)
-            # thinning drops the inner pixel of each staircase corner: precision stays 1, recall dips
+            # thinning drops the inner pixel of each staircase corner: precision stays ~1 (the same
+            # randomised matcher: 0.9888 seen), recall dips
             thinned = evaluate_contour_maps(replace(cfg, thinning=True), manifest, [str(tmp_path / f"{name}.h5")])
-            assert thinned["ods_precision"] == pytest.approx(1.0) and 0.9 < thinned["ods"] < 1.0
+            assert thinned["ods_precision"] == pytest.approx(1.0, abs=0.03) and 0.9 < thinned["ods"] < 1.0
         else:
             assert result["ods"] < 0.95
         assert result["n_images"] == 2 and [p["id"] for p in result["per_image"]] == ["im0", "im1"]
