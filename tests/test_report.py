@@ -194,8 +194,8 @@ def test_contour_stage_on_one_shard(tmp_path):
         result = evaluate_contour_maps(cfg, manifest, [str(tmp_path / f"{name}.h5")])
         if noise == 0:
             # pyEdgeEval's correspond_pixels is clock-seeded and randomised (like the MATLAB original):
-            # even identical maps can leave a handful of pixels unmatched (0.9946 seen in one run)
-            assert result["ods"] == pytest.approx(1.0, abs=0.01) and result["ois"] == pytest.approx(1.0, abs=0.01)
+            # even identical maps can leave a handful of pixels unmatched (0.9946 and 0.9892 seen)
+            assert result["ods"] == pytest.approx(1.0, abs=0.03) and result["ois"] == pytest.approx(1.0, abs=0.03)
             # thinning drops the inner pixel of each staircase corner: precision stays ~1 (the same
             # randomised matcher: 0.9888 seen), recall dips
             thinned = evaluate_contour_maps(replace(cfg, thinning=True), manifest, [str(tmp_path / f"{name}.h5")])
