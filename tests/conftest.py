@@ -15,6 +15,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test: deterministic sums, and no OpenMP barrier stalls on a
+    busy shared CPU. Modules that train or run networks use it for every test (``pytestmark``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def shared_data(*parts: str) -> Path:
     """A path inside ../shared/data (read in place, never copied into the repo)."""
     path = SHARED_DATA.joinpath(*parts)

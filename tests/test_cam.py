@@ -23,13 +23,7 @@ CLASSES = ("background", "a", "b", "c")
 IMAGES = {"p": (37, 45, [1, 3]), "q": (37, 45, [2]), "r": (50, 29, [3]), "s": (33, 40, [])}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy shared CPU, OpenMP barriers across threads stall badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

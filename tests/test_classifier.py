@@ -32,13 +32,7 @@ from sance_core.training import CHECKPOINT_FILE, load_model
 CLASSES = ("background", "a", "b", "c")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy shared CPU, OpenMP barriers across threads stall badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_dataset(root: Path, n: int = 6, seed: int = 0) -> tuple[DatasetSpec, Path]:

@@ -43,13 +43,7 @@ SANCE_CORE = REPO / "sance_core"
 SCHEMAS = REPO / "workflow" / "schemas"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: deterministic sums, and no OpenMP stalls on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _classifier_checkpoints_every_epoch() -> dict:
