@@ -116,12 +116,14 @@ def make_online_label(
     beta: float = 10,
     exp_times: int = 8,
     reference: torch.Tensor | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Eqs. (6)-(8) for a batch, without gradients.
 
     ``seg_probs``: softmax map ``[B, C+1, H, W]`` (channel 0 = background, dropped);
     ``contour``: ``[B, H, W]``; ``class_labels``: ``[B, C]``; ``reference``: optional
-    ``Y^crf`` / saliency labels ``[B, H, W]`` for Eq. (8).  Returns ``[B, H, W]`` long.
+    ``Y^crf`` / saliency labels ``[B, H, W]`` for Eq. (8); ``normalize`` as in
+    :func:`online_label`.  Returns ``[B, H, W]`` long.
     """
     with torch.no_grad():
         fg = seg_probs[:, 1:].detach()
@@ -129,7 +131,7 @@ def make_online_label(
         # absent channels are zeroed by Eq. (7) anyway; zeroing first keeps them out of the max
         fg = torch.where(present, fg, torch.zeros_like(fg))
         mb = propagate_batch(fg, contour.detach(), radius=radius, beta=beta, exp_times=exp_times)
-        label = online_label(mb, class_labels, bg_threshold)
+        label = online_label(mb, class_labels, bg_threshold, normalize=normalize)
         if reference is not None:
             label = refine_with_background(label, reference.reshape(label.shape))
         return label

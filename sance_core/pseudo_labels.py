@@ -224,8 +224,8 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
         raise ArtifactError(f"maps/CAM shards lack {len(missing)} image(s) of this shard, e.g. {missing[:3]}")
     log.info("pseudo labels of %d images from the %s map (mode %s, radius %d, beta %g, t %d, tau_b %g)",
              len(ids), cfg.map, cfg.mode, cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b)
-    attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b,
-             "normalize": cfg.map == "cam" or cfg.normalize_seg}
+    normalize = cfg.map == "cam" or cfg.normalize_seg  # CAMs have no scale of their own: always normalised
+    attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b, "normalize": normalize}
     with ArtifactWriter(outputs["labels"], stage="pseudo_labels", config=cfg, compression=cfg.compression,
                         attrs=attrs) as writer:
         for image_id in tqdm(ids, desc=f"pseudo[{cfg.mode}]", unit="img", mininterval=5):
@@ -244,7 +244,7 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
                 raise ArtifactError(f"{image_id}: score map {scores.shape[1:]} and contour {contour.shape} differ")
             label = synthesize_label(scores.reshape(len(keys), *contour.shape), keys, contour, size,
                                      cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b,
-                                     normalize=cfg.map == "cam" or cfg.normalize_seg)
+                                     normalize=normalize)
             writer.add(image_id, {"label": label}, {"size": list(size), "tau_b": cfg.tau_b})
     maps.close()
     if cams is not None:

@@ -52,9 +52,8 @@ from sance_core.models.sance import (
     build_sance_model,
     load_backbone_from_classifier,
 )
-from sance_core.online_labels import online_label
+from sance_core.online_labels import make_online_label
 from sance_core.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
-from sance_core.propagation import propagate_batch
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.storage import ArtifactError, open_shards
 from sance_core.training import CheckpointManager, History, check_finite, save_model, set_poly_lr
@@ -371,11 +370,8 @@ def online_targets(
     """
     on = cfg.online
     with torch.no_grad():
-        fg = seg_probs[:, 1:].float()
-        present = tags.to(device=fg.device).bool()[:, :, None, None]
-        fg = torch.where(present, fg, torch.zeros_like(fg))  # Eq. (7) zeroes them anyway: keep them out of T
-        mb = propagate_batch(fg, contour.float(), radius=on.radius, beta=on.beta, exp_times=on.exp_times)
-        yb = online_label(mb, tags, on.tau_b, normalize=on.normalize)
+        yb = make_online_label(seg_probs.float(), contour.float(), tags, on.tau_b, on.radius, on.beta, on.exp_times,
+                               normalize=on.normalize)
         yr = yb
         if cfg.spec.refine and (on.refine_contour or on.refine_seg):
             if on.refine == "crf":
