@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -39,14 +40,14 @@ from sance_core.metrics import ConfusionMatrix
 from sance_core.models.sance import ARCH_KEYS, SanceModel, build_from_config
 from sance_core.online_labels import scores_to_label
 from sance_core.propagation import propagate
-from sance_core.runtime import resolve_device
+from sance_core.runtime import map_on_devices, visible_devices
 from sance_core.storage import ArtifactError, ArtifactReader, ArtifactWriter
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "MAP_SOURCES", "MapsConfig", "PseudoLabelConfig", "ExportConfig", "EvalConfig",
-    "predict_maps", "synthesize_label", "run_infer_maps", "run_make_pseudo_labels",
+    "predict_maps", "present_planes", "read_seg", "synthesize_label", "run_infer_maps", "run_make_pseudo_labels",
     "run_export_pngs", "run_eval",
 ]
 
@@ -135,22 +136,76 @@ def predict_maps(model: SanceModel, image: np.ndarray, scales: Sequence[float] =
     return contour, seg
 
 
+def present_planes(seg: np.ndarray, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The background plane and the planes of the present classes of a full softmax ``[C+1, h, w]``.
+
+    Returns ``([1 + K, h, w], class_keys [1 + K])`` with ``class_keys = [0, *keys]``: what
+    ``infer_maps`` stores (an image of COCO holds ~3 of 80 classes; the absent planes are never read).
+    """
+    stored = np.asarray([0, *sorted({int(k) for k in keys if int(k) != 0})], dtype=np.int64)
+    if stored[-1] >= seg.shape[0]:
+        raise ValueError(f"class key {int(stored[-1])} outside a map of {seg.shape[0]} classes")
+    return seg[stored], stored
+
+
+def read_seg(reader: ArtifactReader, image_id: str, keys: Sequence[int]) -> np.ndarray:
+    """Segmentation planes ``[len(keys), h, w]`` of the class ids ``keys`` from a maps artifact.
+
+    Maps store the background and the present classes with their ids in the image attribute
+    ``class_keys``; maps written before that (no ``class_keys``) hold all C + 1 planes, indexed
+    by class id.  A key that was not stored is an error naming the image.
+    """
+    seg = reader.read(image_id, "seg")
+    stored = reader.image_attrs(image_id).get("class_keys")
+    if stored is None:
+        return seg[[int(k) for k in keys]]
+    where = {int(k): i for i, k in enumerate(np.atleast_1d(stored))}
+    absent = [int(k) for k in keys if int(k) not in where]
+    if absent:
+        raise ArtifactError(f"{reader.path}: {image_id} stores seg planes of classes {sorted(where)}, "
+                            f"not {absent} (the manifest's labels changed since infer_maps ran?)")
+    return seg[[where[int(k)] for k in keys]]
+
+
+def _maps_worker(cfg: MapsConfig, model_file: str, present: Mapping[str, Sequence[int]], device: torch.device):
+    """Per-device worker of ``infer_maps``: builds the model once, then maps one image id to its entry."""
+    model = load_sance_model(model_file, cfg.dataset.classes, cfg.mode, device)
+
+    def work(image_id: str) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+        image = read_image(cfg.dataset.image_path(image_id))
+        contour, seg = predict_maps(model, image, cfg.scales, cfg.flip, device)
+        attrs: dict[str, Any] = {"size": list(image.shape[:2]), "stride": MAP_STRIDE}
+        if seg is None:
+            return image_id, {"contour": contour}, attrs
+        planes, keys = present_planes(seg, present[image_id])
+        return image_id, {"contour": contour, "seg": planes}, {**attrs, "class_keys": keys}
+    return work
+
+
 def run_infer_maps(cfg: MapsConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
-    """Inputs ``model`` (model.pt), ``shard`` (id list), ``manifest``; output ``maps`` (HDF5)."""
+    """Inputs ``model`` (model.pt), ``shard`` (id list), ``manifest``; output ``maps`` (HDF5).
+
+    The segmentation map keeps the background and the image's classes (manifest labels of
+    ``split``), ``class_keys`` naming them.  Images are spread over every visible device
+    (``sance_core.runtime.map_on_devices``); the single writer takes them in shard order.
+    """
     ids = read_shard(inputs["shard"])
-    _load_manifest(inputs["manifest"], cfg.dataset)
-    device = resolve_device(cfg.device)
-    model = load_sance_model(inputs["model"], cfg.dataset.classes, cfg.mode, device)
+    tags = _load_manifest(inputs["manifest"], cfg.dataset).labels(cfg.split)
+    unlabelled = [i for i in ids if i not in tags]
+    if unlabelled:
+        raise DataError(f"{inputs['manifest']}: {len(unlabelled)} shard id(s) have no labels in split "
+                        f"{cfg.split!r}, e.g. {unlabelled[:3]}")
+    present = {i: [int(k) for k in tags[i]] for i in ids}
+    devices = visible_devices(cfg.device)
     log.info("maps of %d images (mode %s, scales %s, flip %s) on %s", len(ids), cfg.mode, list(cfg.scales),
-             cfg.flip, device)
+             cfg.flip, ", ".join(map(str, devices)))
     attrs = {"mode": cfg.mode, "scales": list(cfg.scales), "flip": cfg.flip}
+    make_worker = functools.partial(_maps_worker, cfg, str(inputs["model"]), present)
     with ArtifactWriter(outputs["maps"], stage="maps", config=cfg, compression=cfg.compression,
                         attrs=attrs) as writer:
-        for image_id in tqdm(ids, desc=f"maps[{cfg.mode}]", unit="img", mininterval=5):
-            image = read_image(cfg.dataset.image_path(image_id))
-            contour, seg = predict_maps(model, image, cfg.scales, cfg.flip, device)
-            arrays = {"contour": contour} if seg is None else {"contour": contour, "seg": seg}
-            writer.add(image_id, arrays, {"size": list(image.shape[:2]), "stride": MAP_STRIDE})
+        for image_id, arrays, image_attrs in tqdm(map_on_devices(make_worker, ids, devices), total=len(ids),
+                                                  desc=f"maps[{cfg.mode}]", unit="img", mininterval=5):
+            writer.add(image_id, arrays, image_attrs)
     return len(ids)
 
 
@@ -239,7 +294,7 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
                     raise ArtifactError(f"{inputs['maps']}: {image_id} has no 'seg' map (a model without "
                                         "segmentation branch needs map: cam)")
                 keys = [int(k) for k in tags[image_id]]
-                scores = maps.read(image_id, "seg")[keys]
+                scores = read_seg(maps, image_id, keys)
             if scores.shape[1:] != contour.shape:
                 raise ArtifactError(f"{image_id}: score map {scores.shape[1:]} and contour {contour.shape} differ")
             label = synthesize_label(scores.reshape(len(keys), *contour.shape), keys, contour, size,

@@ -198,7 +198,9 @@ def _cells_for(cfg: QualitativeConfig, image_id: str, stores: Mapping[str, Any])
             pic = None
             if found is not None:
                 stride = int(found[1].get("stride", 4))
-                pic = colorize(_upsample_to(found[0], size, stride).argmax(axis=0))
+                # present-class maps name their planes in class_keys; older maps hold all classes
+                keys = np.atleast_1d(found[1].get("class_keys", np.arange(found[0].shape[0])))
+                pic = colorize(np.asarray(keys, dtype=np.uint8)[_upsample_to(found[0], size, stride).argmax(axis=0)])
             cells.append((f"{title}\nseg map", pic, ""))
         if mode in stores.get("pseudo_labels", {}):
             found = stores["pseudo_labels"][mode].read(image_id, "label")

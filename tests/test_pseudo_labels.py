@@ -22,6 +22,8 @@ from sance_core.pseudo_labels import (
     MapsConfig,
     PseudoLabelConfig,
     predict_maps,
+    present_planes,
+    read_seg,
     run_eval,
     run_export_pngs,
     run_infer_maps,
@@ -137,8 +139,12 @@ def test_stages_write_maps_labels_pngs_and_evaluation(trained):
                    {"model": str(models["sance"]), **common}, {"maps": str(maps)})
     with ArtifactReader(maps, expect_stage="maps") as r:
         assert r.ids() == ids
-        assert r.read("im2", "seg").shape == (3, 7, 8) and r.read("im2", "contour").shape == (7, 8)
+        # background + the image's one class (label 2), named in class_keys
+        assert r.read("im2", "seg").shape == (2, 7, 8) and r.read("im2", "contour").shape == (7, 8)
         assert r.image_attrs("im2")["size"] == [28, 30]
+        assert list(r.image_attrs("im2")["class_keys"]) == [0, 2]
+        assert list(r.image_attrs("im1")["class_keys"]) == [0, 1]
+        assert np.array_equal(read_seg(r, "im2", [2]), r.read("im2", "seg")[1:])
     labels = tmp / "labels.h5"
     run_make_pseudo_labels(from_dict(PseudoLabelConfig, {"dataset": ds, "mode": "sance", "tau_b": 0.3}),
                            {"maps": str(maps), **common}, {"labels": str(labels)})
@@ -160,6 +166,43 @@ def test_stages_write_maps_labels_pngs_and_evaluation(trained):
     assert set(saved["iou"]) == set(CLASSES) and saved["miou"] == pytest.approx(result["miou"])
     with pytest.raises(Exception, match="tau_b"):
         run_eval(from_dict(EvalConfig, {"dataset": ds, "tau_b": 0.25}), {"labels": [str(labels)], **common}, out)
+
+
+def test_present_planes_and_reading_old_all_class_maps(tmp_path):
+    rng = np.random.default_rng(1)
+    full = rng.random((5, 3, 4)).astype(np.float32)
+    planes, keys = present_planes(full, [3, 1, 3])
+    assert keys.tolist() == [0, 1, 3] and np.array_equal(planes, full[[0, 1, 3]])
+    with pytest.raises(ValueError, match="class key 7"):
+        present_planes(full, [7])
+    path = tmp_path / "maps.h5"
+    with ArtifactWriter(path, stage="maps") as w:
+        w.add("new", {"seg": planes}, {"class_keys": keys})
+        w.add("old", {"seg": full}, {})  # written before maps kept only the present classes
+    with ArtifactReader(path) as r:
+        for image_id in ("new", "old"):
+            assert np.array_equal(read_seg(r, image_id, [3, 1]), full[[3, 1]].astype(np.float16).astype(np.float32))
+        with pytest.raises(Exception, match=r"new stores seg planes of classes \[0, 1, 3\], not \[2\]"):
+            read_seg(r, "new", [2])
+
+
+def test_maps_on_two_devices_equal_one_device(trained, monkeypatch):
+    """Two worker processes (both on the CPU here) write the same artifact as one device."""
+    import sance_core.pseudo_labels as pl
+
+    tmp, ds, ids, masks, models = trained
+    data = Path(ds["root"])
+    common = {"model": str(models["sance"]), "shard": str(data / "shard.txt"), "manifest": str(data / "manifest.json")}
+    cfg = from_dict(MapsConfig, {"dataset": ds, "mode": "sance", "scales": [1.0, 0.5], "device": "cpu"})
+    run_infer_maps(cfg, common, {"maps": str(tmp / "one.h5")})
+    monkeypatch.setattr(pl, "visible_devices", lambda name: [torch.device("cpu")] * 2)
+    run_infer_maps(cfg, common, {"maps": str(tmp / "two.h5")})
+    with ArtifactReader(tmp / "one.h5") as one, ArtifactReader(tmp / "two.h5") as two:
+        assert one.ids() == two.ids() == ids
+        for image_id in ids:
+            assert one.image_attrs(image_id) == two.image_attrs(image_id)
+            for name in ("contour", "seg"):
+                assert np.array_equal(one.read(image_id, name), two.read(image_id, name))
 
 
 def test_irnet_labels_come_from_the_cams(trained):

@@ -17,6 +17,7 @@ from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.data.palette import read_label_png
 from sance_core.data.shards import read_shard
 from sance_core.edge_eval import ContourEvalConfig, evaluate_contour_maps, mask_boundaries
+from sance_core.pseudo_labels import present_planes
 from sance_core.storage import ArtifactWriter
 
 SANCE_MODES = ("irnet", "sance")
@@ -64,11 +65,12 @@ def fake_upstream(root: Path, name: str, classes: list[str]) -> None:
                     boundary, _ = mask_boundaries(m)
                     contour = np.clip(_stride4(boundary.astype(np.float32)) * 2, 0, 1)
                     contour = np.maximum(contour, rng.random(contour.shape) < 0.15 * k)  # spurious edges
-                    arrays = {"contour": contour}
-                    if mode != "irnet":
+                    arrays, attrs = {"contour": contour}, {"size": list(m.shape), "stride": 4}
+                    if mode != "irnet":  # as infer_maps stores it: background + present classes
                         onehot = np.stack([(m == c) for c in range(n_cls)]).astype(np.float32)
-                        arrays["seg"] = _stride4(onehot)
-                    maps_w.add(i, arrays, {"size": list(m.shape), "stride": 4})
+                        present = [int(c) for c in np.unique(m) if c not in (0, 255)]
+                        arrays["seg"], attrs["class_keys"] = present_planes(_stride4(onehot), present)
+                    maps_w.add(i, arrays, attrs)
                     pl_w.add(i, {"label": np.where(m == 255, 0, m).astype(np.uint8)}, {"size": list(m.shape)})
     for shard in shards("val"):
         for mode in DEEPLAB_MODES:
