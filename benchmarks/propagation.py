@@ -111,25 +111,27 @@ def _worker(args: argparse.Namespace) -> None:
         def run(s, c):
             return dense_propagate(s, c, RADIUS, BETA, EXP_TIMES, ddt)
     else:
-        cdt = torch.float32 if args.method == "sparse-f32" else None
+        cdt = torch.float64 if args.method == "sparse-f64" else None
 
         def run(s, c):
             return propagate(s, c, RADIUS, BETA, EXP_TIMES, compute_dtype=cdt)
 
     run(scores[:, :8, :8].contiguous(), contour[:8, :8].contiguous())  # warm-up, tiny
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run(scores, contour)
-    times = [time.perf_counter() - t0]
+    times, cpu = [time.perf_counter() - t0], [time.process_time() - c0]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(args.repeats - 1 if args.method.startswith("sparse") else 0):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run(scores, contour)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     np.save(args.result, out.numpy())
     print(json.dumps({
         "time_s": min(times),
         "times_s": times,
+        "cpu_s": min(cpu),  # CPU time of this process: not inflated by other jobs on a shared machine
         "rss_delta_bytes": (peak_kib - base_kib) * 1024,
         "threads": torch.get_num_threads(),
     }))
@@ -160,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="32x32,64x64,96x128,128x128", help="comma-separated HxW list")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of the sparse method (min reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch default)")
-    ap.add_argument("--no-f32", action="store_true", help="skip the float32-accumulation variant")
+    ap.add_argument("--no-f64", action="store_true", help="skip the float64-accumulation variant "
+                    "(the reference of the exactness table)")
     ap.add_argument("--exact-max-hw", type=int, default=4096,
                     help="also compute a float64 dense reference for maps up to this many pixels")
-    ap.add_argument("--worker", choices=["dense", "dense-f64", "sparse", "sparse-f32"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["dense", "dense-f64", "sparse", "sparse-f64"], help=argparse.SUPPRESS)
     ap.add_argument("--contour", help=argparse.SUPPRESS)
     ap.add_argument("--scores", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -174,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
-    methods = ["sparse"] + ([] if args.no_f32 else ["sparse-f32"]) + ["dense"]
+    methods = ["sparse"] + ([] if args.no_f64 else ["sparse-f64"]) + ["dense"]
     rows = []
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for h, w in sizes:
             contour, scores = make_inputs(h, w)
@@ -196,30 +200,41 @@ def main(argv: list[str] | None = None) -> int:
             if "dense-f64" in outs:  # how far each float32-output method is from exact
                 e = outs["dense-f64"]
                 exact = {m: float(np.abs(outs[m] - e).max() / np.abs(e).max()) for m in methods}
-            rows.append({"size": f"{h}x{w}", "hw": h * w, "res": res, "diff": diff, "exact": exact})
+            vs64 = {}
+            if "sparse-f64" in outs:
+                e = outs["sparse-f64"]
+                vs64 = {m: float(np.abs(outs[m] - e).max() / np.abs(e).max()) for m in ("sparse", "dense")}
+            rows.append({"size": f"{h}x{w}", "hw": h * w, "res": res, "diff": diff, "exact": exact, "vs64": vs64})
 
     threads = rows[0]["res"]["dense"]["threads"] if rows else 0
     load = os.getloadavg()
+    print(f"# load average at the start {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f}")
     print(f"# propagate: radius={RADIUS} beta={BETA} exp_times={EXP_TIMES} (T^{2**EXP_TIMES}), "
           f"{N_CLASSES} classes, float32 in/out; torch threads={threads}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{_dt.date.today().isoformat()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    print("| map | HW | dense time (s) | sparse time (s) | speed-up | dense peak RSS delta (MiB) "
+    print("| map | HW | dense time (s) | sparse time (s) | speed-up | dense CPU (s) | sparse CPU (s) "
+          "| CPU-time speed-up | dense peak RSS delta (MiB) "
           "| sparse peak RSS delta (MiB) | memory ratio | max abs diff / max |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d, s = r["res"]["dense"], r["res"]["sparse"]
         print(f"| {r['size']} | {r['hw']} | {d['time_s']:.3f} | {s['time_s']:.4f} | "
-              f"{d['time_s'] / s['time_s']:.0f}x | {_mib(d['rss_delta_bytes'])} | "
+              f"{d['time_s'] / s['time_s']:.0f}x | {d['cpu_s']:.3f} | {s['cpu_s']:.4f} | "
+              f"{d['cpu_s'] / s['cpu_s']:.0f}x | {_mib(d['rss_delta_bytes'])} | "
               f"{_mib(s['rss_delta_bytes'])} | "
               f"{d['rss_delta_bytes'] / max(s['rss_delta_bytes'], 1):.0f}x | {r['diff']['sparse']:.1e} |")
-    if not args.no_f32:
+    if not args.no_f64:
+        # sparse float64 is exact to 1e-9 against a float64 dense reference (tests/test_propagation.py),
+        # so it stands in for float64 dense at sizes where that would take hours
         print()
-        print("| map | sparse float32-accumulation time (s) | peak RSS delta (MiB) | max abs diff / max |")
-        print("|---|---:|---:|---:|")
+        print("| map | sparse float64-accumulation time (s) | peak RSS delta (MiB) "
+              "| max abs diff / max vs sparse float64: sparse (float32) | dense float32 (IRNet) |")
+        print("|---|---:|---:|---:|---:|")
         for r in rows:
-            f = r["res"]["sparse-f32"]
-            print(f"| {r['size']} | {f['time_s']:.4f} | {_mib(f['rss_delta_bytes'])} | {r['diff']['sparse-f32']:.1e} |")
+            f = r["res"]["sparse-f64"]
+            print(f"| {r['size']} | {f['time_s']:.4f} | {_mib(f['rss_delta_bytes'])} | "
+                  f"{r['vs64']['sparse']:.1e} | {r['vs64']['dense']:.1e} |")
     exact_rows = [r for r in rows if r["exact"]]
     if exact_rows:
         print()

@@ -12,6 +12,7 @@ selected before upsampling, so memory per image does not grow with the number of
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.data.io import DataError, read_image
 from sance_core.data.shards import read_shard
 from sance_core.data.transforms import normalize_image, resize_image
-from sance_core.runtime import resolve_device
+from sance_core.runtime import map_on_devices, visible_devices
 from sance_core.storage import ArtifactWriter
 from sance_core.training import load_model, load_state_strict
 
@@ -150,32 +151,68 @@ def _size_batches(ids: Sequence[str], sizes: Mapping[str, tuple[int, int]], batc
     return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
-def extract(model: CAMClassifier, cfg: CAMConfig, ids: Sequence[str], manifest: Manifest
-            ) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
-    """Yield ``(id, {"cam", "cam_stride4"}, attrs)`` for every id, in batches of equal-size images."""
+def _plan(cfg: CAMConfig, ids: Sequence[str], manifest: Manifest
+          ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]], list[list[int]]]:
+    """Manifest entries and sizes of the shard's ids and their equal-size batches (indices into ``ids``)."""
     entries = {e["id"]: e for e in manifest.entries(cfg.split)}
     missing = [i for i in ids if i not in entries]
     if missing:
         raise DataError(f"{len(missing)} shard id(s) are not in split {cfg.split!r} of the manifest: {missing[:5]}")
+    entries = {i: entries[i] for i in ids}
     sizes = {i: (int(entries[i]["height"]), int(entries[i]["width"])) for i in ids}
-    batches = _size_batches(ids, sizes, cfg.batch_size)
+    return entries, sizes, _size_batches(ids, sizes, cfg.batch_size)
+
+
+def _batch_cams(model: CAMClassifier, cfg: CAMConfig, items: Sequence[tuple[str, np.ndarray]],
+                entries: Mapping[str, Mapping[str, Any]], sizes: Mapping[str, tuple[int, int]]
+                ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+    """``(id, {"cam", "cam_stride4"}, attrs)`` of one batch of equal-size images ``(id, image)``."""
+    images = [im for _, im in items]
+    for image_id, im in items:
+        if im.shape[:2] != sizes[image_id]:
+            raise DataError(f"{cfg.dataset.image_path(image_id)}: size {im.shape[:2]} differs from the "
+                            f"manifest's {sizes[image_id]} (rerun validation)")
+    per_image = multiscale_cams(model, images, cfg.scales, cfg.flip)
+    out = []
+    for (image_id, im), per_scale in zip(items, per_image):
+        keys = [int(k) for k in entries[image_id]["labels"]]
+        high, low = combine_scales(per_scale, im.shape[:2], keys, model.backbone.output_stride)
+        out.append((image_id, {"cam": high.cpu().numpy(), "cam_stride4": low.cpu().numpy()}, {
+            "class_keys": np.asarray(keys, dtype=np.int64),
+            "size": np.asarray(im.shape[:2], dtype=np.int64),
+            "stride": STRIDE,
+        }))
+    return out
+
+
+def extract(model: CAMClassifier, cfg: CAMConfig, ids: Sequence[str], manifest: Manifest
+            ) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+    """Yield ``(id, {"cam", "cam_stride4"}, attrs)`` for every id, in batches of equal-size images."""
+    entries, sizes, batches = _plan(cfg, ids, manifest)
     loader = DataLoader(_Images(cfg.dataset, ids), batch_sampler=batches, num_workers=cfg.workers,
                         collate_fn=_as_list)
     for items in loader:
-        images = [im for _, im in items]
-        for image_id, im in items:
-            if im.shape[:2] != sizes[image_id]:
-                raise DataError(f"{cfg.dataset.image_path(image_id)}: size {im.shape[:2]} differs from the "
-                                f"manifest's {sizes[image_id]} (rerun validation)")
-        per_image = multiscale_cams(model, images, cfg.scales, cfg.flip)
-        for (image_id, im), per_scale in zip(items, per_image):
-            keys = [int(k) for k in entries[image_id]["labels"]]
-            high, low = combine_scales(per_scale, im.shape[:2], keys, model.backbone.output_stride)
-            yield image_id, {"cam": high.cpu().numpy(), "cam_stride4": low.cpu().numpy()}, {
-                "class_keys": np.asarray(keys, dtype=np.int64),
-                "size": np.asarray(im.shape[:2], dtype=np.int64),
-                "stride": STRIDE,
-            }
+        yield from _batch_cams(model, cfg, items, entries, sizes)
+
+
+def _cam_worker(cfg: CAMConfig, model_path: str, entries: Mapping[str, Mapping[str, Any]],
+                sizes: Mapping[str, tuple[int, int]], device: torch.device):
+    """Per-device worker: loads the classifier once, then maps a batch of ids to their entries."""
+    model = load_classifier(model_path, cfg.dataset.classes, cfg.backbone, device)
+
+    def work(batch_ids: Sequence[str]) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+        items = [(i, read_image(cfg.dataset.image_path(i))) for i in batch_ids]
+        return _batch_cams(model, cfg, items, entries, sizes)
+    return work
+
+
+def extract_on_devices(cfg: CAMConfig, model_path: str | Path, ids: Sequence[str], manifest: Manifest,
+                       devices: Sequence[torch.device]) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+    """:func:`extract` with the same batches spread over ``devices`` (one process each), in id order."""
+    entries, sizes, batches = _plan(cfg, ids, manifest)
+    make_worker = functools.partial(_cam_worker, cfg, str(model_path), entries, sizes)
+    for results in map_on_devices(make_worker, [[ids[k] for k in b] for b in batches], devices):
+        yield from results
 
 
 def run_stage(cfg: CAMConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
@@ -185,11 +222,15 @@ def run_stage(cfg: CAMConfig, inputs: Mapping[str, Any], outputs: Mapping[str, A
     if list(manifest.classes) != list(cfg.dataset.classes):
         raise DataError(f"{inputs['manifest']}: manifest classes {manifest.classes} differ from "
                         f"data.classes {list(cfg.dataset.classes)}")
-    device = resolve_device(cfg.device)
-    model = load_classifier(inputs["model"], cfg.dataset.classes, cfg.backbone, device)
-    log.info("CAMs of %d images (scales %s, flip %s) on %s", len(ids), list(cfg.scales), cfg.flip, device)
+    devices = visible_devices(cfg.device)
+    if len(devices) == 1:  # in this process, with the DataLoader's decoding workers
+        model = load_classifier(inputs["model"], cfg.dataset.classes, cfg.backbone, devices[0])
+        entries = extract(model, cfg, ids, manifest)
+    else:  # one process per device, batches round-robin; the single writer takes them in order
+        entries = extract_on_devices(cfg, inputs["model"], ids, manifest, devices)
+    log.info("CAMs of %d images (scales %s, flip %s) on %s", len(ids), list(cfg.scales), cfg.flip,
+             ", ".join(map(str, devices)))
     with ArtifactWriter(outputs["cam"], stage="cam", config=cfg, compression=cfg.compression) as writer:
-        for image_id, arrays, attrs in tqdm(extract(model, cfg, ids, manifest), total=len(ids),
-                                            desc="cams", unit="img", mininterval=5):
+        for image_id, arrays, attrs in tqdm(entries, total=len(ids), desc="cams", unit="img", mininterval=5):
             writer.add(image_id, arrays, attrs)
     return len(ids)

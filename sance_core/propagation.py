@@ -14,17 +14,20 @@ to a row vector ``x`` is the stencil
 
 over the symmetric neighbourhood ``N`` (self + both directions of every offset; ``A`` is
 symmetric so the column sum equals the row sum).  The weights are computed once and the
-stencil is applied ``2 ** exp_times`` times with shifted slices of a zero-padded buffer
-(``addcmul_`` per direction): memory O(HW * |N|), time O(2^t * HW * |N|).  Neighbours
-outside the map have weight exactly 0, matching IRNet, which crops them away.
+stencil is applied ``2 ** exp_times`` times.  The map lives in a flat, zero-padded buffer
+whose rows carry ``radius - 1`` zero columns on each side, so a shift by ``(dy, dx)`` is a
+flat offset and every operand is one contiguous slice; two such buffers alternate (the
+result of a step is written straight into the other one, no copy per step).  Memory
+O(HW * |N|), time O(2^t * HW * |N|).  Neighbours outside the map have weight exactly 0,
+matching IRNet, which crops them away.
 
-Precision: the stencil is applied 256 times and float32 accumulation drifts: about
-1e-4 of the map maximum with one accumulator, 2-6e-5 with four interleaved partial sums
-(docs/BENCHMARKS.md) -- the same order as IRNet's float32 dense squarings.  By default
-the iteration therefore runs in float64 on the CPU (exact to float32 output precision,
-1.5-2x the float32 time) and in float32 with four partial sums elsewhere (GPU:
-bandwidth-bound, fp64 often slow); pass ``compute_dtype`` to override.  The weights are
-always computed in float64.  The result has the dtype of ``scores``.
+Precision: float32 scores are iterated in float32 with four interleaved partial sums,
+float64 scores in float64 (the IRNet cross-checks run there, exact to 1e-9).  After 256
+applications the float32 result differs from the float64 one by 1-6e-5 of the map maximum
+(docs/BENCHMARKS.md) -- the same order as IRNet's own float32 dense squarings and inside the
+1e-4 budget -- at about 0.6x the float64 time.  The weights are always computed in float64
+and rounded once.  ``compute_dtype`` overrides the choice; the result has the dtype of
+``scores``.
 
 Threads: the loop issues ~18k small element-wise ops (69 directions x 256).  On an
 oversubscribed CPU, torch's per-op OpenMP fork/join can stall for milliseconds each
@@ -71,9 +74,7 @@ def transition_weights(
 
 
 def _default_compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if x.dtype == torch.float64 or x.device.type == "cpu":
-        return torch.float64
-    return torch.float32
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 @torch.no_grad()
@@ -105,28 +106,40 @@ def apply_transition(
     # directions whose weight is zero everywhere (e.g. offsets longer than the map) do nothing
     live = (wts.flatten(2).amax(dim=2).amax(dim=0) > 0).tolist()  # one device sync
     live[0] = True
-    per_dir = wts.transpose(0, 1).contiguous()  # [D, B, H, W]: one contiguous plane per direction
-    dirs = [(dy, dx, per_dir[d].unsqueeze(1)) for d, (dy, dx) in enumerate(offs) if live[d]]
 
-    hp, wp = h + 2 * reach, w + 2 * reach
-    # zero border: neighbours outside the map have weight 0 anyway, zeros keep 0 * x finite
-    buf = x.new_zeros((b, c, hp, wp), dtype=cdt)
-    inner = buf[:, :, reach : reach + h, reach : reach + w]
-    inner.copy_(x)
-    terms = [(wd, buf[:, :, reach + dy : reach + dy + h, reach + dx : reach + dx + w]) for dy, dx, wd in dirs]
-    n_part = 1 if cdt == torch.float64 else min(_F32_PARTIAL_SUMS, len(terms))
-    groups = [terms[p::n_part] for p in range(n_part)]
-    # contiguous accumulators: in-place ops on the strided interior view are several times slower
-    accs = [x.new_empty((b, c, h, w), dtype=cdt) for _ in range(n_part)]
-    for _ in range(times):
-        for acc, group in zip(accs, groups):
+    # Flat padded layout: rows of wp = w + 2*reach values (reach zero columns each side),
+    # reach zero rows above and below, plus reach zero values at both ends.  A shift by
+    # (dy, dx) is then a plain offset dy*wp + dx, so every operand of the loop is a
+    # contiguous 1-D slice of length n = h*wp (the map's rows including their padding
+    # columns).  The weights are zero in the padding columns, so the result there is exactly
+    # 0 and the output slice can be written straight into the other buffer (ping-pong, no copy).
+    wp = w + 2 * reach
+    n = h * wp
+    start = reach + reach * wp  # flat index of row `reach`, column 0 of the padded image
+    length = start + n + reach * wp + reach
+    padded_w = wts.new_zeros((b, wts.shape[1], h, wp))
+    padded_w[..., reach : reach + w] = wts
+    flat_w = padded_w.flatten(2).transpose(0, 1).contiguous()  # [D, B, n]: one plane per direction
+    dirs = [(dy * wp + dx, flat_w[d].unsqueeze(1)) for d, (dy, dx) in enumerate(offs) if live[d]]
+
+    bufs = [x.new_zeros((b, c, length), dtype=cdt) for _ in range(2)]
+    bufs[0][:, :, start : start + n].view(b, c, h, wp)[..., reach : reach + w].copy_(x)
+    terms = [
+        [(wd, buf[:, :, start + shift : start + shift + n]) for shift, wd in dirs] for buf in bufs
+    ]
+    n_part = 1 if cdt == torch.float64 else min(_F32_PARTIAL_SUMS, len(dirs))
+    extra = [x.new_empty((b, c, n), dtype=cdt) for _ in range(n_part - 1)]
+    for step in range(times):
+        src = terms[step % 2]
+        dst = bufs[(step + 1) % 2][:, :, start : start + n]
+        for acc, group in zip([dst, *extra], [src[p::n_part] for p in range(n_part)]):
             torch.mul(group[0][0], group[0][1], out=acc)
             for wd, v in group[1:]:
                 acc.addcmul_(wd, v)
-        for acc in accs[1:]:
-            accs[0].add_(acc)
-        inner.copy_(accs[0])
-    return accs[0].to(out_dtype, copy=True)
+        for acc in extra:
+            dst.add_(acc)
+    out = bufs[times % 2][:, :, start : start + n].view(b, c, h, wp)[..., reach : reach + w]
+    return out.to(out_dtype, copy=True).contiguous()
 
 
 @torch.no_grad()

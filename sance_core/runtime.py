@@ -95,9 +95,12 @@ def map_on_devices(make_worker, items, devices, queue_size: int = 4):
     import multiprocessing as mp
     import queue as queue_lib
 
+    import torch
+
+    threads = torch.get_num_threads()  # the job's share of cores, for each worker as in this process
     ctx = mp.get_context("spawn")
     queues = [ctx.Queue(maxsize=queue_size) for _ in devices]
-    procs = [ctx.Process(target=_device_worker, args=(make_worker, str(d), items[k::len(devices)], queues[k]), daemon=True)
+    procs = [ctx.Process(target=_device_worker, args=(make_worker, str(d), items[k::len(devices)], queues[k], threads), daemon=True)
              for k, d in enumerate(devices)]
     for p in procs:
         p.start()
@@ -122,11 +125,12 @@ def map_on_devices(make_worker, items, devices, queue_size: int = 4):
             p.join(timeout=10)
 
 
-def _device_worker(make_worker, device: str, items, results) -> None:
+def _device_worker(make_worker, device: str, items, results, threads: int) -> None:
     import traceback
 
     import torch
 
+    torch.set_num_threads(threads)
     try:
         work = make_worker(torch.device(device))
         for item in items:

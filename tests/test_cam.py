@@ -129,6 +129,26 @@ def test_run_stage_writes_the_cam_artifact(toy, tmp_path):
     assert not list(out.parent.glob(".*tmp*"))
 
 
+def test_cams_on_two_devices_equal_one_device(toy, tmp_path, monkeypatch):
+    """Two worker processes (both on the CPU here) take the batches round-robin: same artifact."""
+    import sance_core.cam as cam_module
+
+    spec, root, _ = toy
+    shard = tmp_path / "1-of-1.txt"
+    shard.write_text("".join(f"{i}\n" for i in IMAGES))
+    cfg = CAMConfig(dataset=spec, scales=(1.0, 0.5), batch_size=1, device="cpu")
+    inputs = {"shard": str(shard), "model": str(root / "classifier/model.pt"), "manifest": str(root / "manifest.json")}
+    run_stage(cfg, inputs, {"cam": str(tmp_path / "one.h5")})
+    monkeypatch.setattr(cam_module, "visible_devices", lambda name: [torch.device("cpu")] * 2)
+    run_stage(cfg, inputs, {"cam": str(tmp_path / "two.h5")})
+    with ArtifactReader(tmp_path / "one.h5") as one, ArtifactReader(tmp_path / "two.h5") as two:
+        assert one.ids() == two.ids() and len(one.ids()) == len(IMAGES)
+        for image_id in one.ids():
+            assert one.image_attrs(image_id) == two.image_attrs(image_id)
+            for name in ("cam", "cam_stride4"):
+                assert np.array_equal(one.read(image_id, name), two.read(image_id, name))
+
+
 def test_an_empty_shard_gives_an_empty_complete_file(toy, tmp_path):
     spec, root, _ = toy
     shard = tmp_path / "3-of-3.txt"
