@@ -93,10 +93,13 @@ def synthetic(stage: str, rng: np.random.Generator, k: int, h: int, w: int) -> t
     logits[keys] = 6.0 * low
     seg = np.exp(logits - logits.max(0, keepdims=True))
     seg /= seg.sum(0, keepdims=True)
-    if stage == "maps":  # stored for the present classes and background only
-        return {"contour": contour, "seg": seg[[0, *keys]]}, attrs
-    if stage == "maps_all_classes":
-        return {"contour": contour, "seg": seg}, {**attrs, "class_keys": list(range(1, COCO_CLASSES + 1))}
+    if stage == "maps":  # as infer_maps stores it: background + present classes, class_keys [0, *keys]
+        from sance_core.pseudo_labels import present_planes
+
+        planes, stored = present_planes(seg, keys)
+        return {"contour": contour, "seg": planes}, {**attrs, "class_keys": stored}
+    if stage == "maps_all_classes":  # how infer_maps stored them before (all C + 1 planes)
+        return {"contour": contour, "seg": seg}, {**attrs, "class_keys": list(range(COCO_CLASSES + 1))}
     raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
 
 

@@ -14,6 +14,7 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +37,7 @@ from sance_core.data.shards import read_shard
 from sance_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, random_scale_flip_crop
 from sance_core.inference import FUSIONS, CRFParams, _check_scales, predict_label
 from sance_core.models.deeplab import DEFAULT_RATES, DeepLabV2, arch_config, build_from_config
-from sance_core.runtime import resolve_device, seed_everything
+from sance_core.runtime import map_on_devices, resolve_device, seed_everything, visible_devices
 from sance_core.storage import ArtifactWriter
 from sance_core.training import MODEL_FILE, CheckpointManager, History, check_finite, load_model, save_model, set_poly_lr
 
@@ -392,19 +393,34 @@ def run_train(cfg: SegmenterConfig, inputs: Mapping[str, Any], outputs: Mapping[
 # --------------------------------------------------------------------------- inference
 
 
-def run_predict(cfg: PredictConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
-    """Inputs ``model`` (model.pt beside config.json), ``ids`` (a shard list); output ``predictions`` (HDF5)."""
-    ids = read_shard(inputs["ids"])
-    device = resolve_device(cfg.device)
+def _predict_worker(cfg: PredictConfig, model_dir: str, device: torch.device):
+    """Per-device worker of ``predict_segmenter``: loads the model once, then maps an id to its entry."""
     expected = {"classes": list(cfg.dataset.classes), "backbone": cfg.backbone}
-    model, _ = load_segmenter(Path(inputs["model"]).parent, expected, device)
+    model, _ = load_segmenter(model_dir, expected, device)
     crf = cfg.crf_params if cfg.crf else None
+
+    def work(image_id: str) -> tuple[str, np.ndarray]:
+        image = read_image(cfg.dataset.image_path(image_id))
+        label, _ = predict_label(model, image, cfg.test_scales, cfg.flip, crf, device, cfg.fusion)
+        return image_id, label
+    return work
+
+
+def run_predict(cfg: PredictConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
+    """Inputs ``model`` (model.pt beside config.json), ``ids`` (a shard list); output ``predictions`` (HDF5).
+
+    Images are spread over every visible device (``sance_core.runtime.map_on_devices``); the
+    single writer takes them in shard order, so the artifact does not depend on the device count.
+    """
+    ids = read_shard(inputs["ids"])
+    devices = visible_devices(cfg.device)
     attrs = {"mode": cfg.mode, "test_scales": list(cfg.test_scales), "flip": cfg.flip, "fusion": cfg.fusion,
              "crf": cfg.crf, "classes": list(cfg.dataset.classes)}
+    make_worker = functools.partial(_predict_worker, cfg, str(Path(inputs["model"]).parent))
+    log.info("predictions of %d images on %s", len(ids), ", ".join(map(str, devices)))
     with ArtifactWriter(outputs["predictions"], PREDICTION_STAGE, cfg, cfg.compression, attrs=attrs) as writer:
-        for image_id in tqdm(ids, desc=f"predict {cfg.mode}", unit="img", mininterval=5):
-            image = read_image(cfg.dataset.image_path(image_id))
-            label, _ = predict_label(model, image, cfg.test_scales, cfg.flip, crf, device, cfg.fusion)
+        for image_id, label in tqdm(map_on_devices(make_worker, ids, devices), total=len(ids),
+                                    desc=f"predict {cfg.mode}", unit="img", mininterval=5):
             writer.add(image_id, {"label": label}, {"size": list(label.shape)})
     return len(ids)
 

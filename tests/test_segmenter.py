@@ -250,6 +250,25 @@ def test_predict_stage_writes_label_maps_of_every_shard_image(dataset, trained, 
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_predictions_on_two_devices_equal_one_device(dataset, trained, tmp_path, monkeypatch):
+    """Two worker processes (both on the CPU here) write the same labels as one device."""
+    import sance_core.segmenter as seg
+
+    ids = tmp_path / "1-of-1.txt"
+    ids.write_text("img4\nimg5\nimg3\n")
+    cfg = from_dict(PredictConfig, {"dataset": {"root": str(dataset["root"]), "classes": list(CLASSES)},
+                                    "mode": "test", "backbone": "resnet18", "test_scales": [0.75, 1.0],
+                                    "flip": True, "device": "cpu"})
+    inputs = {"model": str(trained / "model.pt"), "ids": str(ids)}
+    run_predict(cfg, inputs, {"predictions": str(tmp_path / "one.h5")})
+    monkeypatch.setattr(seg, "visible_devices", lambda name: [torch.device("cpu")] * 2)
+    run_predict(cfg, inputs, {"predictions": str(tmp_path / "two.h5")})
+    with ArtifactReader(tmp_path / "one.h5") as one, ArtifactReader(tmp_path / "two.h5") as two:
+        assert one.ids() == two.ids() == ["img4", "img5", "img3"]
+        for image_id in one.ids():
+            assert np.array_equal(one.read(image_id, "label"), two.read(image_id, "label"))
+
+
 def _write_predictions(path: Path, labels: dict[str, np.ndarray]) -> None:
     with ArtifactWriter(path, "predictions", attrs={"test_scales": [1.0], "flip": False, "crf": False}) as w:
         for image_id, label in labels.items():

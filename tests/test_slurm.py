@@ -83,6 +83,21 @@ def list_rules() -> list[str]:
     return [line.split()[0] for line in proc.stdout.splitlines() if line.strip() and line.split()[0] != "all"]
 
 
+def local_rules() -> set[str]:
+    """The rules the Snakefile's `localrules:` directive keeps out of the scheduler."""
+    found = re.findall(r"^localrules:(.*)$", (REPO / "Snakefile").read_text(), flags=re.M)
+    return {name.strip() for line in found for name in line.split(",") if name.strip()}
+
+
+def test_small_rules_are_local_rules():
+    """Shard lists, summaries, tables and figures run in the Snakemake process, not as cluster jobs."""
+    local = local_rules()
+    assert {"shard_ids", "summarize", "ablation_table", "figure_qualitative", "figure_iou_bars",
+            "figure_pr_curves", "figure_training_curves"} <= local
+    assert local <= set(list_rules()) | {"all"}, local - set(list_rules())
+    assert not local & {"extract_cams", "infer_maps", "predict_segmenter", "make_seeds", "train_sance"}
+
+
 def write_test_profile(out: Path, rules: list[str], cluster: SlurmCluster) -> Path:
     """The real profile, adapted to a one-node test cluster without GPUs or accounting."""
     cfg = yaml.safe_load((PROFILE / "config.yaml").read_text())
@@ -380,14 +395,21 @@ def test_tiny_pipeline_through_slurm_equals_local_run(cluster, tmp_path):
     assert local.returncode not in (124, 137), f"local run did not finish within {TIMEOUT} s:\n{local_err[-4000:]}"
     assert local.returncode == 0, f"local run failed:\n{local_err[-6000:]}"
 
-    # 1. every Snakemake job was submitted with sbatch and got its own SLURM job id
+    # 1. every job of a non-local rule was submitted with sbatch and got its own SLURM job id; the
+    #    local rules' jobs (shard lists, summaries, tables, figures) ran in the Snakemake process
+    local = local_rules()
+    remote = Counter({rule: n for rule, n in expected.items() if rule not in local})
+    n_local = sum(expected.values()) - sum(remote.values())
+    assert n_local > 0, f"no job of the local rules {sorted(local)} in {dict(expected)}"
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert len(submitted) == len(set(submitted)) == sum(expected.values()), (
-        f"{len(submitted)} sbatch submissions for {sum(expected.values())} jobs {dict(expected)}")
+    assert len(submitted) == len(set(submitted)) == sum(remote.values()), (
+        f"{len(submitted)} sbatch submissions for {sum(remote.values())} cluster jobs {dict(remote)}")
+    print(f"\nsbatch submissions: {sum(expected.values())} without local rules, {len(submitted)} with "
+          f"({n_local} jobs ran locally)")
     # 2. SLURM ran each of them: one SLURM log per job under the rule's folder
     slurm_logs = list((slurm_wd / "logs" / "slurm").rglob("*.log"))
     per_rule = Counter(p.relative_to(slurm_wd / "logs" / "slurm").parts[0].removeprefix("rule_") for p in slurm_logs)
-    assert per_rule == expected
+    assert per_rule == remote
     assert {p.stem for p in slurm_logs} == set(submitted)
     # 3. SLURM's own records: every job completed with exit code 0 in the run's folder
     records = {j.job_id: j for j in cluster.completed_jobs()}
@@ -400,5 +422,5 @@ def test_tiny_pipeline_through_slurm_equals_local_run(cluster, tmp_path):
     n_files, diffs = compare_trees(slurm_wd, local_wd)
     assert n_files > 0
     assert not diffs, "SLURM and local outputs differ:\n" + "\n".join(diffs[:30])
-    print(f"\n{sum(expected.values())} SLURM jobs ({dict(expected)}) in {slurm_seconds:.0f} s; "
+    print(f"\n{len(submitted)} SLURM jobs ({dict(remote)}) in {slurm_seconds:.0f} s; "
           f"local run (alongside) {elapsed(local_err):.0f} s; {n_files} output files equal")

@@ -133,3 +133,19 @@ def test_inspect_cli_lists_and_renders(tmp_path):
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert main(["inspect", str(path), "missing_id"]) == 2
+
+
+def test_inspect_names_the_classes_of_present_class_maps(tmp_path):
+    """A SANCE maps entry keeps the background and present classes; inspect shows which."""
+    from sance_core.cli import main
+    from sance_core.inspect_artifact import summarise
+    from sance_core.pseudo_labels import present_planes
+
+    seg = np.random.default_rng(0).random((21, 6, 8)).astype(np.float32)
+    planes, keys = present_planes(seg, [15, 5])
+    path = tmp_path / "maps.h5"
+    with ArtifactWriter(path, stage="maps") as w:
+        w.add("im", {"contour": seg[0], "seg": planes}, {"class_keys": keys, "size": [24, 32], "stride": 4})
+    text = summarise(path)
+    assert "class_keys=[0, 5, 15]" in text and "seg: float32 3x6x8" in text
+    assert main(["inspect", str(path), "im", "--png", str(tmp_path / "im.png")]) == 0
