@@ -68,8 +68,8 @@ def _stage_fn(stage: str):
 
     torch.manual_seed(0)
     if stage == "cam":
-        from sance_core.cam import combine_scales, multiscale_cams
-        from sance_core.classifier import CAMClassifier
+        from sance_core.stages.cam import combine_scales, multiscale_cams
+        from sance_core.models.classifier import CAMClassifier
 
         model = CAMClassifier(N_CLASSES - 1, "resnet101", None, 16).eval()
 
@@ -77,13 +77,13 @@ def _stage_fn(stage: str):
             per = multiscale_cams(model, [_image(i)], (1.0,), True)[0]
             return combine_scales(per, (H, W), PRESENT, 16)
     elif stage == "seeds":
-        from sance_core.seeds import make_seed
+        from sance_core.stages.seeds import make_seed
 
         def run(i):
             return make_seed(_image(i), _cams(i), PRESENT)
     elif stage == "maps":
         from sance_core.models.sance import build_sance_model
-        from sance_core.pseudo_labels import predict_maps, present_planes
+        from sance_core.stages.pseudo_labels import predict_maps, present_planes
 
         model = build_sance_model(N_CLASSES, "resnet101", 8, aspp_rates=(6, 12, 18, 24)).eval()
 
@@ -91,7 +91,7 @@ def _stage_fn(stage: str):
             contour, seg = predict_maps(model, _image(i), (1.0,), True)
             return present_planes(seg, PRESENT)
     elif stage == "pseudo_labels":
-        from sance_core.pseudo_labels import synthesize_label
+        from sance_core.stages.pseudo_labels import synthesize_label
 
         h4, w4 = (H + 3) // 4, (W + 3) // 4
 
@@ -101,14 +101,15 @@ def _stage_fn(stage: str):
             scores = rng.random((len(PRESENT), h4, w4)).astype(np.float32)
             return synthesize_label(scores, PRESENT, contour, (H, W))
     elif stage in ("deeplab", "deeplab_crf"):
-        from sance_core.inference import CRFParams, predict_label, refine_with_crf
+        from sance_core.ops.crf import deeplab_crf
+        from sance_core.ops.inference import predict_label, refine_with_crf
         from sance_core.models.deeplab import DeepLabV2
 
         if stage == "deeplab_crf":
             probs = np.random.default_rng(0).dirichlet(np.ones(N_CLASSES), size=(H, W)).transpose(2, 0, 1)
 
             def run(i):
-                return refine_with_crf(_image(i), probs.astype(np.float32), CRFParams())
+                return refine_with_crf(_image(i), probs.astype(np.float32), deeplab_crf())
         else:
             model = DeepLabV2(N_CLASSES, "resnet101", None, 8, (6, 12, 18, 24)).eval()
 

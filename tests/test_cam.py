@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from conftest import run_snakemake
-from sance_core.cam import CAMConfig, extract, load_classifier, run_stage, strided_size
-from sance_core.classifier import CAMClassifier, ClassifierConfig, model_config
+from sance_core.stages.cam import CAMConfig, extract, load_classifier, run_stage, strided_size
+from sance_core.models.classifier import CAMClassifier
+from sance_core.stages.classifier import ClassifierConfig, model_config
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError, read_image
+from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, resize_image
-from sance_core.storage import ArtifactReader
-from sance_core.training import save_model
+from sance_core.io.store import ArtifactReader
+from sance_core.engine.training import save_model
 
 CLASSES = ("background", "a", "b", "c")
 # id -> (height, width, labels); two images share a size so that they form one batch
@@ -131,7 +132,7 @@ def test_run_stage_writes_the_cam_artifact(toy, tmp_path):
 
 def test_cams_on_two_devices_equal_one_device(toy, tmp_path, monkeypatch):
     """Two worker processes (both on the CPU here) take the batches round-robin: same artifact."""
-    import sance_core.cam as cam_module
+    import sance_core.stages.cam as cam_module
 
     spec, root, _ = toy
     shard = tmp_path / "1-of-1.txt"

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from sance_core.propagation import propagate
+from sance_core.ops.propagation import propagate
 
 pytestmark = [
     pytest.mark.cuda,
@@ -35,7 +35,7 @@ def test_amp_training_steps_are_finite_and_resume(tmp_path):
     """Mixed-precision SANCE steps on the GPU: finite losses, and a stopped run resumes to the end."""
     from test_sance_training import _cfg, _tiny_set
 
-    from sance_core.sance_training import SanceData, train
+    from sance_core.stages.sance import SanceData, train
 
     ds, ids, tags, seeds = _tiny_set(tmp_path)
     common = {"dataset": ds, "mode": "sance", "crop_size": 32, "batch_size": 2, "epochs": 1,

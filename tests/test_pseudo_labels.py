@@ -14,9 +14,9 @@ from PIL import Image
 
 from sance_core.config import from_dict
 from sance_core.data.dataset import Manifest
-from sance_core.data.palette import read_label_png, save_label_png
+from sance_core.io.palette import read_label_png, save_label_png
 from sance_core.models import build_sance_model
-from sance_core.pseudo_labels import (
+from sance_core.stages.pseudo_labels import (
     EvalConfig,
     ExportConfig,
     MapsConfig,
@@ -30,9 +30,9 @@ from sance_core.pseudo_labels import (
     run_make_pseudo_labels,
     synthesize_label,
 )
-from sance_core.sance_training import SanceConfig, model_config
-from sance_core.storage import ArtifactReader, ArtifactWriter
-from sance_core.training import save_model
+from sance_core.stages.sance import SanceConfig, model_config
+from sance_core.io.store import ArtifactReader, ArtifactWriter
+from sance_core.engine.training import save_model
 
 CLASSES = ["background", "a", "b"]
 
@@ -188,7 +188,7 @@ def test_present_planes_and_reading_old_all_class_maps(tmp_path):
 
 def test_maps_on_two_devices_equal_one_device(trained, monkeypatch):
     """Two worker processes (both on the CPU here) write the same artifact as one device."""
-    import sance_core.pseudo_labels as pl
+    import sance_core.stages.pseudo_labels as pl
 
     tmp, ds, ids, masks, models = trained
     data = Path(ds["root"])

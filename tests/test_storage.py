@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sance_core.storage import ArtifactError, ArtifactReader, ArtifactWriter, config_hash, open_shards
+from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter, config_hash, open_shards
 
 
 def _write(path, n=3, stage="cam"):
@@ -73,7 +73,7 @@ def test_killed_writer_leaves_no_complete_looking_file(tmp_path):
     path = tmp_path / "shard.h5"
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from sance_core.storage import ArtifactWriter
+        from sance_core.io.store import ArtifactWriter
         with ArtifactWriter({str(path)!r}, stage="cam") as w:
             w.add("a", {{"x": np.zeros((4, 4), np.float32)}})
             w._file.flush()
@@ -138,8 +138,8 @@ def test_inspect_cli_lists_and_renders(tmp_path):
 def test_inspect_names_the_classes_of_present_class_maps(tmp_path):
     """A SANCE maps entry keeps the background and present classes; inspect shows which."""
     from sance_core.cli import main
-    from sance_core.inspect_artifact import summarise
-    from sance_core.pseudo_labels import present_planes
+    from sance_core.io.inspect import summarise
+    from sance_core.stages.pseudo_labels import present_planes
 
     seg = np.random.default_rng(0).random((21, 6, 8)).astype(np.float32)
     planes, keys = present_planes(seg, [15, 5])
