@@ -18,7 +18,8 @@ timed is the stage's per-image function as the pipeline calls it:
 - ``pseudo_labels``: ``synthesize_label`` (propagation radius 5, beta 10, t 8 + labelling)
 - ``deeplab``: ``predict_label`` at scale 1.0 with flip, without CRF, and ``deeplab_crf``: the dense CRF alone
 
-The networks are measured at one scale only (the full test-time augmentation would take many
+On a GPU (``--device cuda``) the wall time is the figure to use and ``peak_gpu_mb`` the
+networks' GPU memory (printed in the per-stage JSON lines). The networks are measured at one scale only (the full test-time augmentation would take many
 minutes per image on a shared CPU); the preset's multi-scale cost is projected from it by the
 pixel count of the scales (sum of scale^2): 7.5x for CAMs and maps (1.0, 0.5, 1.5, 2.0),
 5.63x for DeepLab (0.5 ... 1.5). Those columns are marked projected in the output.
@@ -62,7 +63,7 @@ def _cams(seed: int) -> np.ndarray:
     return np.stack(maps).astype(np.float32)
 
 
-def _stage_fn(stage: str):
+def _stage_fn(stage: str, device: str = "cpu"):
     """Per-image function of ``stage`` (built once: model, inputs)."""
     import torch
 
@@ -71,7 +72,7 @@ def _stage_fn(stage: str):
         from sance_core.stages.cam import combine_scales, multiscale_cams
         from sance_core.models.classifier import CAMClassifier
 
-        model = CAMClassifier(N_CLASSES - 1, "resnet101", None, 16).eval()
+        model = CAMClassifier(N_CLASSES - 1, "resnet101", None, 16).to(device).eval()
 
         def run(i):
             per = multiscale_cams(model, [_image(i)], (1.0,), True)[0]
@@ -85,10 +86,10 @@ def _stage_fn(stage: str):
         from sance_core.models.sance import build_sance_model
         from sance_core.stages.pseudo_labels import predict_maps, present_planes
 
-        model = build_sance_model(N_CLASSES, "resnet101", 8, aspp_rates=(6, 12, 18, 24)).eval()
+        model = build_sance_model(N_CLASSES, "resnet101", 8, aspp_rates=(6, 12, 18, 24)).to(device).eval()
 
         def run(i):
-            contour, seg = predict_maps(model, _image(i), (1.0,), True)
+            contour, seg = predict_maps(model, _image(i), (1.0,), True, device)
             return present_planes(seg, PRESENT)
     elif stage == "pseudo_labels":
         from sance_core.stages.pseudo_labels import synthesize_label
@@ -111,30 +112,33 @@ def _stage_fn(stage: str):
             def run(i):
                 return refine_with_crf(_image(i), probs.astype(np.float32), deeplab_crf())
         else:
-            model = DeepLabV2(N_CLASSES, "resnet101", None, 8, (6, 12, 18, 24)).eval()
+            model = DeepLabV2(N_CLASSES, "resnet101", None, 8, (6, 12, 18, 24)).to(device).eval()
 
             def run(i):
-                return predict_label(model, _image(i), (1.0,), True, None)
+                return predict_label(model, _image(i), (1.0,), True, None, device)
     else:
         raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
     return run
 
 
-def _worker(stage: str, images: int, threads: int) -> dict:
+def _worker(stage: str, images: int, threads: int, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    run = _stage_fn(stage)
+    run = _stage_fn(stage, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
         run(100)  # warm-up
         times, cpu = [], []
         for i in range(images):
             t0, c0 = time.perf_counter(), time.process_time()
             run(i)
+            sync()
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
     return {"stage": stage, "s_per_image": min(times), "cpu_s_per_image": min(cpu), "times": times,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": threads,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": threads, "device": device,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
             "load": os.getloadavg()[0]}
 
 
@@ -152,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--images", type=int, default=1, help="timed images per stage after the warm-up (min reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="device of the networks (cpu, cuda, cuda:N); CRFs and "
+                    "propagation stay on the CPU as in the pipeline")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.images, args.threads)))
+        print(json.dumps(_worker(args.worker, args.images, args.threads, args.device)))
         return 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=str(args.threads))
@@ -163,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     for stage in args.stages:
         load0 = os.getloadavg()[0]
         proc = subprocess.run([sys.executable, __file__, "--worker", stage, "--images", str(args.images),
-                               "--threads", str(args.threads)], capture_output=True, text=True, env=env)
+                               "--threads", str(args.threads), "--device", args.device], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["load_start"] = load0
         rows.append(row)
         print(f"# {json.dumps(row)}", file=sys.stderr, flush=True)
-    print(f"# {H}x{W}, {N_CLASSES} classes, {len(PRESENT)} present, torch threads {args.threads}, "
+    print(f"# {H}x{W}, {N_CLASSES} classes, {len(PRESENT)} present, torch threads {args.threads}, device {args.device}, "
           f"{os.cpu_count()} CPUs, {args.images} timed image(s) per stage")
     print("| stage | measured wall s / image (1 scale) | measured CPU s / image | images / s (CPU time) "
           "| peak RSS MB | projected CPU s / image, preset TTA | load avg (start / end) |")
