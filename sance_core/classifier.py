@@ -7,6 +7,16 @@ exactly; :meth:`CAMClassifier.cam` does that and the CAM stage (``sance_core.cam
 
 Training: multi-label soft-margin loss, SGD with momentum and a poly learning rate, the new
 head at ``head_lr_mult`` times the backbone's rate (IRNet: 10x), random scale / flip / crop.
+Two recipes (``recipe``):
+
+- ``paper``: what IRNet's and SANCE's papers say - SGD with momentum 0.9 and weight decay 1e-4,
+  every layer trained, BatchNorm in training mode.
+- ``irnet``: what IRNet's code (``step/train_cam.py``, ``misc/torchutils.PolyOptimizer``,
+  ``net/resnet50_cam.py``), which produced the CAMs the SANCE paper starts from, does:
+  ``PolyOptimizer`` calls ``SGD(params, lr, weight_decay)``, so the weight decay lands in SGD's
+  *momentum* slot (effective momentum 1e-4; the per-group weight decay 1e-4 still applies);
+  every BatchNorm uses its ImageNet statistics (``FixedBatchNorm``); conv1, layer1 and layer2 get
+  no gradient (the features are detached after layer2), so only layer3, layer4 and the head learn.
 Data order and augmentation are functions of (seed, epoch, position), so a run resumed from a
 checkpoint (kept in ``resume_dir``, outside the declared outputs) ends with the same weights
 as an uninterrupted one.
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 MODEL_KIND = "cam_classifier"
 # keys of config.json that must match when a trained classifier is loaded for CAMs
 ARCH_KEYS = ("kind", "backbone", "output_stride", "classes")
+RECIPES = ("paper", "irnet")
 
 
 @dataclass(frozen=True)
@@ -50,19 +61,20 @@ class ClassifierConfig:
 
     dataset: DatasetSpec
     split: str = "train"
-    backbone: str = "resnet18"  # paper: resnet101 (VOC), resnet50 (COCO)
-    weights: str | None = None  # local ImageNet state dict; paper: ImageNet-pretrained
-    output_stride: int = 16
-    zero_init_residual: bool = True  # random init only: each residual branch starts as identity
+    backbone: str = "resnet101"  # paper: resnet101 (VOC), resnet50 (COCO)
+    weights: str | None = "imagenet"  # paper: ImageNet-pretrained ('imagenet', a local .pth, or None)
+    output_stride: int = 16  # IRNet: 16
+    zero_init_residual: bool = False  # random init only: each residual branch starts as identity
     epochs: int = 5  # paper: 5
     batch_size: int = 16  # paper: 16
-    crop_size: int = 128  # paper: 512
-    scale_range: tuple[float, float] = (0.7, 1.3)  # random rescale before the crop
+    crop_size: int = 512  # paper: 512
+    scale_range: tuple[float, float] = (0.64, 1.28)  # IRNet: long side resized to 320..640 (VOC: 500 px)
     lr: float = 0.1  # paper: 0.1, poly decay (power 0.9)
     head_lr_mult: float = 10.0  # IRNet: the new 1x1 head learns 10x faster
     weight_decay: float = 1e-4  # paper: 1e-4
     momentum: float = 0.9  # paper: 0.9
     poly_power: float = 0.9
+    recipe: str = "paper"  # 'paper' (the papers' text) or 'irnet' (IRNet's code); module docstring
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -81,6 +93,8 @@ class ClassifierConfig:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
         if self.lr <= 0 or self.head_lr_mult <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, head_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe: unknown {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.checkpoint_interval < 0:
@@ -91,15 +105,30 @@ class CAMClassifier(nn.Module):
     """ResNet backbone + global average pooling + bias-free 1x1 classifier (IRNet's ``resnet50_cam``)."""
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", weights: str | None = None,
-                 output_stride: int = 16, zero_init_residual: bool = False) -> None:
+                 output_stride: int = 16, zero_init_residual: bool = False, recipe: str = "paper") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe: unknown {recipe!r}; choose one of {', '.join(RECIPES)}")
         self.num_classes = num_classes
+        self.recipe = recipe
         self.backbone = ResNetBackbone(backbone, weights, output_stride)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, 1, bias=False)
         if zero_init_residual and not weights:
             zero_last_bn(self.backbone)
+        if recipe == "irnet":  # IRNet's resnet50_cam: conv1..layer2 get no gradient
+            for module in (self.backbone.stem, self.backbone.layer1, self.backbone.layer2):
+                module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CAMClassifier:
+        """As ``nn.Module.train``; with recipe ``irnet`` every BatchNorm keeps its statistics (IRNet's FixedBatchNorm)."""
+        super().train(mode)
+        if self.recipe == "irnet":
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last backbone stage, ``[B, D, H/s, W/s]``."""
@@ -247,6 +276,18 @@ def batch_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
 # --------------------------------------------------------------------------- training
 
 
+def sgd_momentum(cfg: ClassifierConfig) -> float:
+    """SGD's momentum: ``momentum`` (recipe 'paper'), or the weight decay (recipe 'irnet': IRNet's
+    ``PolyOptimizer.__init__`` passes ``weight_decay`` as ``SGD``'s third positional argument, momentum)."""
+    return cfg.weight_decay if cfg.recipe == "irnet" else cfg.momentum
+
+
+def make_optimizer(model: CAMClassifier, cfg: ClassifierConfig) -> torch.optim.SGD:
+    """SGD over the trainable backbone parameters (``lr``) and the head (``lr * head_lr_mult``), both with ``weight_decay``."""
+    return torch.optim.SGD(model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr,
+                           momentum=sgd_momentum(cfg))
+
+
 def train(cfg: ClassifierConfig, data: ClassificationData, history: History | None = None,
           stop_after_step: int | None = None) -> tuple[CAMClassifier, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last metrics.
@@ -257,10 +298,8 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = CAMClassifier(len(cfg.dataset.classes) - 1, cfg.backbone, cfg.weights, cfg.output_stride,
-                          cfg.zero_init_residual).to(device)
-    optimizer = torch.optim.SGD(
-        model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
-    )
+                          cfg.zero_init_residual, cfg.recipe).to(device)
+    optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(EpochBatches(len(data), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.epochs
     checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None

@@ -78,7 +78,7 @@ def gpu_resources():
 # Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
 CLASSIFIER_KEYS = (
     "backbone", "weights", "output_stride", "zero_init_residual", "epochs", "batch_size", "crop_size",
-    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "checkpoint_interval",
+    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "recipe", "checkpoint_interval",
 )
 
 
