@@ -19,14 +19,14 @@ import pytest
 import yaml
 
 from conftest import REPO
-from sance_core.cam import CAMConfig
-from sance_core.classifier import ClassifierConfig
-from sance_core.edge_eval import ContourEvalConfig
-from sance_core.evaluation import CAMEvalConfig
-from sance_core.pseudo_labels import MapsConfig, PseudoLabelConfig
-from sance_core.sance_training import SanceConfig
-from sance_core.seeds import SeedConfig
-from sance_core.segmenter import PredictConfig, SegmenterConfig
+from sance_core.stages.cam import CAMConfig
+from sance_core.stages.classifier import ClassifierConfig
+from sance_core.eval.edge_eval import ContourEvalConfig
+from sance_core.eval.evaluation import CAMEvalConfig
+from sance_core.stages.pseudo_labels import MapsConfig, PseudoLabelConfig
+from sance_core.stages.sance import SanceConfig
+from sance_core.stages.seeds import SeedConfig
+from sance_core.stages.segmenter import PredictConfig, SegmenterConfig
 
 SCHEMAS = REPO / "workflow" / "schemas"
 
@@ -48,7 +48,9 @@ WORKFLOW_ONLY = {"segmentation.modes", "pseudo_labels.map", "evaluation.contour"
 # stage-config fields that the workflow sets from elsewhere (paths, the split, the mode, where/how fast it runs)
 NOT_IN_SECTION = {"dataset", "split", "mode", "seed", "device", "workers", "resume_dir", "compression",
                   "label_source", "backbone@CAMConfig", "backbone@PredictConfig", "tau_b@EvalConfig",
-                  "align@PasteConfig", "sance.online.crf.gt_prob"}
+                  "align@PasteConfig",
+                  # CRFConfig.gt_prob: the unary of a hard label (seeds only); these CRFs refine probabilities
+                  "sance.online.crf.gt_prob", "segmentation.crf_params.gt_prob"}
 
 
 def schema(section: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from sance_core import pretrained
-from sance_core.backbones import BACKBONES, ResNetBackbone
+from sance_core.models.backbones import BACKBONES, ResNetBackbone
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ rule infer_contours:
     conda:
         ENV
     script:
-        "../scripts/infer_contours.py"
+        "../scripts/run_stage.py"
 
 
 rule evaluate_contours:
@@ -53,7 +53,4 @@ rule evaluate_contours:
     conda:
         ENV
     script:
-        "../scripts/evaluate_contours.py"
-
-
-TARGETS += [f"{mode_dir(m)}/eval/contour.json" for m in sance_modes()]
+        "../scripts/run_stage.py"
