@@ -2,10 +2,14 @@
 # segmentation model -> pseudo labels -> DeepLab. All logic lives in the sance_core package;
 # the rules in workflow/rules/ only wire files together and pass hyper-parameters as params.
 
+import sys
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+sys.path.insert(0, workflow.basedir)  # this checkout's sance_core, installed or not
 from sance_core.config_checks import relation_errors, schema_error_message
+from sance_core.pretrained import check_weights
 
 min_version("9.0")
 
@@ -30,6 +34,11 @@ for section in SECTIONS:
         )
 if relation_errors(config):
     raise WorkflowError("config values contradict each other:\n  " + "\n  ".join(relation_errors(config)))
+# backbone weights: 'imagenet' is fetched into torchvision's cache now (where a network is
+# reachable), so jobs on compute nodes read it; a missing file stops here, before any job
+WEIGHT_ERRORS = check_weights(config)
+if WEIGHT_ERRORS:
+    raise WorkflowError("backbone weights missing:\n  " + "\n  ".join(WEIGHT_ERRORS))
 
 
 wildcard_constraints:

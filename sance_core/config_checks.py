@@ -99,11 +99,11 @@ def relation_errors(config: Mapping[str, Any]) -> list[str]:
         lo, hi = _get(config, "demo.min_side"), _get(config, "demo.max_side")
         if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
             errors.append(f"config keys demo.min_side ({lo}) and demo.max_side ({hi}): need min_side < max_side")
-    modes = _get(config, "modes") or []
-    if not modes and not _get(config, "segmentation.modes"):
+    modes, seg_modes = _get(config, "modes"), _get(config, "segmentation.modes")
+    if modes is not None and not modes and seg_modes is not None and not seg_modes:  # None: the (non-empty) default
         errors.append("config keys modes and segmentation.modes are both empty: the ablation table needs "
                       "at least one mode (modes: irnet, sance_naive, sance; segmentation.modes: also fully_supervised)")
-    if ("sance" in modes and _get(config, "sance.online.refine") == "saliency"
+    if ("sance" in (modes or ["sance"]) and _get(config, "sance.online.refine") == "saliency"
             and not _get(config, "sance.online.saliency_dir")):
         errors.append("config key sance.online.saliency_dir: required when sance.online.refine is 'saliency'")
     return errors

@@ -13,6 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
+# no network in tests: 'weights: imagenet' reads torchvision's cache or fails at once (sance_core.pretrained)
+os.environ["SANCE_OFFLINE"] = "1"
 
 
 @pytest.fixture

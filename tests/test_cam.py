@@ -41,7 +41,7 @@ def toy(tmp_path_factory):
     spec = DatasetSpec(root=str(root), classes=CLASSES)
     torch.manual_seed(0)
     model = CAMClassifier(len(CLASSES) - 1, "resnet18").eval()
-    save_model(model, model_config(ClassifierConfig(dataset=spec)), root / "classifier")
+    save_model(model, model_config(ClassifierConfig(dataset=spec, backbone="resnet18", weights=None)), root / "classifier")
     return spec, root, model
 
 
@@ -110,7 +110,7 @@ def test_run_stage_writes_the_cam_artifact(toy, tmp_path):
     shard = tmp_path / "1-of-1.txt"
     shard.write_text("".join(f"{i}\n" for i in IMAGES))
     out = tmp_path / "cam" / "1-of-1.h5"
-    cfg = CAMConfig(dataset=spec, scales=(1.0, 0.5), device="cpu")
+    cfg = CAMConfig(dataset=spec, backbone="resnet18", scales=(1.0, 0.5), device="cpu")
     n = run_stage(cfg, {"shard": str(shard), "model": str(root / "classifier/model.pt"),
                         "manifest": str(root / "manifest.json")}, {"cam": str(out)})
     assert n == len(IMAGES)
@@ -155,7 +155,7 @@ def test_an_empty_shard_gives_an_empty_complete_file(toy, tmp_path):
     shard = tmp_path / "3-of-3.txt"
     shard.write_text("")
     out = tmp_path / "empty.h5"
-    run_stage(CAMConfig(dataset=spec, device="cpu"), {"shard": str(shard), "model": str(root / "classifier/model.pt"),
+    run_stage(CAMConfig(dataset=spec, backbone="resnet18", device="cpu"), {"shard": str(shard), "model": str(root / "classifier/model.pt"),
                                                       "manifest": str(root / "manifest.json")}, {"cam": str(out)})
     with ArtifactReader(out, expect_stage="cam") as reader:
         assert len(reader) == 0

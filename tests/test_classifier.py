@@ -20,8 +20,10 @@ from sance_core.stages.classifier import (
     EpochBatches,
     batch_metrics,
     load_training_set,
+    make_optimizer,
     model_config,
     run_stage,
+    sgd_momentum,
     train,
 )
 from sance_core.config import ConfigError, from_dict
@@ -52,7 +54,8 @@ def make_dataset(root: Path, n: int = 6, seed: int = 0) -> tuple[DatasetSpec, Pa
 
 
 def small_config(spec: DatasetSpec, **kw) -> ClassifierConfig:
-    base = dict(dataset=spec, epochs=2, batch_size=2, crop_size=32, lr=0.01, device="cpu", seed=3)
+    base = dict(dataset=spec, backbone="resnet18", weights=None, zero_init_residual=True,
+                scale_range=(0.7, 1.3), epochs=2, batch_size=2, crop_size=32, lr=0.01, device="cpu", seed=3)
     base.update(kw)
     return ClassifierConfig(**base)
 
@@ -194,3 +197,71 @@ def test_zero_init_residual_applies_to_random_init_only(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     pretrained = CAMClassifier(3, "resnet18", weights=str(weights), zero_init_residual=True)
     assert all(torch.count_nonzero(b.bn2.weight) > 0 for b in pretrained.backbone.layer1)
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_irnet_recipe_puts_weight_decay_in_the_momentum_slot_as_irnets_polyoptimizer_does():
+    """IRNet's misc/torchutils.PolyOptimizer: ``super().__init__(params, lr, weight_decay)`` on torch.optim.SGD."""
+    torch.manual_seed(0)
+    spec = DatasetSpec(root=".", classes=CLASSES)
+    for recipe, momentum in (("paper", 0.9), ("irnet", 1e-4)):
+        cfg = small_config(spec, recipe=recipe, lr=0.1, weight_decay=1e-4, momentum=0.9)
+        model = CAMClassifier(len(CLASSES) - 1, "resnet18", recipe=recipe)
+        ours = make_optimizer(model, cfg)
+        # the naive reference: IRNet's call, with its per-group lr and weight decay
+        groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": 1e-4} for g in model.param_groups(0.1, 1.0, 1e-4)]
+        irnet = torch.optim.SGD(groups, 0.1, 1e-4)
+        assert sgd_momentum(cfg) == momentum
+        for g_ours, g_ref in zip(ours.param_groups, irnet.param_groups):
+            assert g_ours["weight_decay"] == g_ref["weight_decay"] == 1e-4
+            if recipe == "irnet":
+                assert g_ours["momentum"] == g_ref["momentum"] == 1e-4
+            else:
+                assert g_ours["momentum"] == 0.9
+
+
+def test_irnet_recipe_trains_layer3_layer4_and_the_head_only_with_fixed_batchnorm():
+    """IRNet's resnet50_cam: features detached after layer2 (conv1..layer2 never change), FixedBatchNorm."""
+    torch.manual_seed(0)
+    cfg = small_config(DatasetSpec(root=".", classes=CLASSES), recipe="irnet", lr=0.5)
+    model = CAMClassifier(len(CLASSES) - 1, "resnet18", recipe="irnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = make_optimizer(model, cfg)
+    model.train()
+    x, y = torch.randn(4, 3, 40, 40), torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    for _ in range(2):
+        loss = F.multilabel_soft_margin_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.state_dict()
+    frozen = [k for k in before if k.startswith(("backbone.stem", "backbone.layer1", "backbone.layer2"))]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # BatchNorm statistics fixed
+    assert not torch.equal(before["backbone.layer3.0.conv1.weight"], after["backbone.layer3.0.conv1.weight"])
+    assert not torch.equal(before["backbone.layer4.1.bn2.weight"], after["backbone.layer4.1.bn2.weight"])  # affine learns
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert all(not m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_paper_recipe_trains_every_layer_and_updates_batchnorm_statistics():
+    torch.manual_seed(0)
+    cfg = small_config(DatasetSpec(root=".", classes=CLASSES), recipe="paper", lr=0.5)
+    model = CAMClassifier(len(CLASSES) - 1, "resnet18")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = make_optimizer(model, cfg)
+    model.train()
+    loss = F.multilabel_soft_margin_loss(model(torch.randn(4, 3, 40, 40)), torch.eye(3)[[0, 1, 2, 0]])
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    assert not torch.equal(before["backbone.stem.0.weight"], after["backbone.stem.0.weight"])
+    assert not torch.equal(before["backbone.layer1.0.bn1.running_mean"], after["backbone.layer1.0.bn1.running_mean"])
+
+
+def test_recipe_is_checked():
+    with pytest.raises(ValueError, match="recipe: unknown 'caffe'; choose one of paper, irnet"):
+        small_config(DatasetSpec(root=".", classes=CLASSES), recipe="caffe")

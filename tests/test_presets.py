@@ -9,6 +9,7 @@ inference, none for CRF seeds and evaluation; memory and time growing with the a
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections import Counter
@@ -24,13 +25,15 @@ from sance_core.data.coco import COCO_CLASSES, CocoConversionConfig, convert_coc
 from sance_core.data.dataset import DatasetSpec
 from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
+from sance_core.pretrained import IMAGENET_URLS
 
 pytestmark = [pytest.mark.workflow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 PRESETS = REPO / "workflow" / "presets"
 ACTIONS = ("script:", "shell:", "run:", "notebook:", "wrapper:", "cwl:")
-GPU_RULES = {"train_classifier", "train_sance", "train_segmenter", "extract_cams", "infer_maps", "predict_segmenter"}
+GPU_RULES = {"train_classifier", "train_sance", "train_segmenter", "extract_cams", "infer_maps", "predict_segmenter",
+             "infer_contours"}
 CPU_RULES = {"make_seeds", "make_pseudo_labels", "evaluate_cams", "evaluate_seeds", "evaluate_pseudo_labels",
              "evaluate_segmenter", "evaluate_contours", "validate_dataset", "shard_ids"}
 # the 80 COCO category ids (1..90 with gaps), ascending
@@ -164,16 +167,37 @@ def spec_from(preset: dict, root: Path) -> DatasetSpec:
 
 # -- dry runs ----------------------------------------------------------------------------------
 
-def dry_run(workdir: Path, preset: Path, root: Path, *extra: str) -> str:
+def torch_home_with_imagenet(root: Path, *backbones: str) -> Path:
+    """A TORCH_HOME whose hub cache holds (stand-in) ImageNet files of ``backbones`` under torchvision's names."""
+    home = root / "torch"
+    for name in backbones:
+        target = home / "hub" / "checkpoints" / IMAGENET_URLS[name].rsplit("/", 1)[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"stand-in")
+    return home
+
+
+def dry_run(workdir: Path, preset: Path, root: Path, *extra: str, torch_home: Path | None = None,
+            check: bool = True) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     paths = workdir / "paths.yaml"
-    paths.write_text(yaml.safe_dump({"data": {"root": str(root)}}))
+    mine: dict = {"data": {"root": str(root)}}
+    if load(preset)["evaluation"]["contour"].get("gt_source") == "sbd":  # SBD val: 2 ids outside train_aug
+        sbd = workdir / "SBD" / "dataset"
+        (sbd / "cls").mkdir(parents=True, exist_ok=True)
+        (sbd / "val.txt").write_text("2008_000051\n2009_000012\n")
+        mine["evaluation"] = {"contour": {"sbd_dir": str(sbd), "id_list": str(sbd / "val.txt")}}
+    paths.write_text(yaml.safe_dump(mine))
+    if torch_home is None:
+        torch_home = torch_home_with_imagenet(workdir, "resnet50", "resnet101")
     cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            # a dry run executes locally and caps threads at --cores; a cluster run does not
            "--profile", str(PROFILE.parent), "--dry-run", "--cores", "64", *extra,
            "--configfile", str(REPO / "config.yaml"), str(preset), str(paths)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    env = dict(os.environ, TORCH_HOME=str(torch_home), SANCE_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
 
@@ -204,6 +228,7 @@ def check_dag(output: str, shards: int, n_modes: int, n_seg_modes: int) -> None:
     assert counts["infer_maps"] == counts["make_pseudo_labels"] == n_modes * shards
     assert counts["predict_segmenter"] == n_seg_modes * shards
     assert counts["train_classifier"] == 1 and counts["train_sance"] == n_modes
+    assert counts["infer_contours"] == counts["evaluate_contours"] == n_modes  # one raw-contour job per mode
     assert counts["train_segmenter"] == n_seg_modes
     assert "demo_data" not in counts
     # the profile's resources (attempt 1) and threads reach the jobs
@@ -233,7 +258,7 @@ def test_voc12_preset_reads_a_voc_tree_and_gives_the_paper_dag(tmp_path):
     assert labels["2007_000032"] == [classes.index("aeroplane"), classes.index("person")]
 
     output = dry_run(tmp_path / "run", PRESETS / "voc12.yaml", voc)
-    check_dag(output, shards=16, n_modes=3, n_seg_modes=len(preset["segmentation"]["modes"]))
+    check_dag(output, shards=16, n_modes=3, n_seg_modes=4)  # the default segmentation.modes: GT + 3 modes
     assert "results/voc12/cam/16-of-16.h5" in output and "results/voc12/shards/train_aug/1-of-16.txt" in output
 
 
@@ -274,3 +299,131 @@ def test_example_partition_file_sends_gpu_rules_to_gpu_and_the_rest_to_cpu():
         job = SimpleNamespace(name=rule, threads=profile["set-threads"][rule], resources=resources)
         chosen = get_best_partition(partitions, job, logging.getLogger("test"))
         assert chosen == ("gpu" if rule in GPU_RULES else "cpu"), rule
+
+
+def test_offline_without_cached_imagenet_weights_stops_before_any_job(tmp_path):
+    """weights: imagenet, no network, empty cache: Snakemake's start-up names the file and where to put it."""
+    voc = voc_tree(tmp_path, load(PRESETS / "voc12.yaml")["data"]["classes"])
+    home = tmp_path / "empty_torch_home"
+    output = dry_run(tmp_path / "run", PRESETS / "voc12.yaml", voc, torch_home=home, check=False)
+    assert "backbone weights missing" in output
+    expected = home / "hub" / "checkpoints" / "resnet101-63fe2227.pth"
+    for section in ("classifier", "sance", "segmentation"):
+        assert f"config key {section}.weights" in output
+    assert str(expected) in output and IMAGENET_URLS["resnet101"] in output
+    assert "rule " not in output  # no job was planned
+
+
+# -- the presets are the paper -----------------------------------------------------------------
+
+SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation", "report"]
+RESNET = {"voc12": "resnet101", "coco14": "resnet50"}
+
+
+def paper_values(dataset: str) -> dict:
+    """Every hyper-parameter of a VOC / COCO run: §4.2, Table 1's SANCE row, IRNet's code where the paper follows it."""
+    voc = dataset == "voc12"
+    net = RESNET[dataset]
+    return {
+        "classifier": {  # §4.2 "Classification Network", following IRNet (step/train_cam.py)
+            "backbone": net, "weights": "imagenet", "output_stride": 16, "zero_init_residual": False,
+            "epochs": 5, "batch_size": 16, "crop_size": 512, "lr": 0.1, "head_lr_mult": 10,
+            "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
+            # IRNet resizes the long side to 320..640: VOC's 500 px, COCO's 640 px images
+            "scale_range": [0.64, 1.28] if voc else [0.5, 1.0],
+            "recipe": "irnet" if voc else "paper",
+        },
+        "cam": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True},
+        "seeds": {"fg_threshold": 0.30, "bg_threshold": 0.05,  # Eq. (1); IRNet's crf_inference_label
+                  "crf": {"enabled": True, "gt_prob": 0.7, "gauss_sxy": 3, "gauss_compat": 3, "bilateral_sxy": 50,
+                          "bilateral_srgb": 5, "bilateral_compat": 10, "iterations": 10}},
+        "sance": {  # §4.2 "SANCE Network", "Hyper-Parameter", "Data Augmentation"; Table 1's SANCE row
+            "backbone": net, "weights": "imagenet", "init_from_classifier": False, "output_stride": 8,
+            "frozen_bn": True, "aspp_rates": [6, 12, 18, 24], "epochs": 16, "batch_size": 10, "crop_size": 512,
+            "scale_range": [0.5, 1.5], "lr": 2.5e-4, "new_lr_mult": 10, "weight_decay": 5e-4, "momentum": 0.9,
+            "poly_power": 0.9, "grad_clip": 0, "contour_radius": 10, "contour_power": 1,
+            "loss_weights": {"cam_contour": 1, "cam_seg": 1, "online_contour": 1, "online_seg": 1},
+            "online": {"radius": 3, "beta": 10, "exp_times": 8, "tau_b": 0.25, "normalize": True, "warmup": 0.0,
+                       "refine": "crf", "refine_contour": True, "refine_seg": False},
+            "paste": {"enabled": True},
+        },
+        "pseudo_labels": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True, "radius": 5, "beta": 10, "exp_times": 8,
+                          "tau_b": 0.25, "normalize_seg": True,
+                          "map": {"irnet": "cam", "sance_naive": "seg", "sance": "seg"}},
+        "segmentation": {  # DeepLab-v2 (§4.2, Table 6 on COCO)
+            "backbone": net, "weights": "imagenet", "init_from_classifier": False, "output_stride": 8,
+            "rates": [6, 12, 18, 24], "frozen_bn": True, "iterations": 20000 if voc else 100000, "batch_size": 10,
+            "crop_size": 321, "scale_range": [0.5, 1.5], "lr": 2.5e-4, "head_lr_mult": 10, "weight_decay": 5e-4,
+            "momentum": 0.9, "poly_power": 0.9, "test_scales": [0.5, 0.75, 1.0, 1.25, 1.5], "flip": True,
+            "fusion": "max", "crf": voc,
+        },
+        "evaluation": {"contour": {"thresholds": 99, "max_dist": 0.02, "thinning": True, "kill_internal": False,
+                                   "gt_source": "sbd" if voc else "masks", "max_images": 0 if voc else 2000}},
+        "modes": ["irnet", "sance_naive", "sance"],
+    }
+
+
+def merged_as_snakemake(preset: Path) -> dict:
+    """config.yaml, then the preset merged over it (snakemake --configfile), then the schemas' defaults filled in,
+    in the Snakefile's order."""
+    from snakemake.utils import update_config, validate
+
+    config = load(REPO / "config.yaml")
+    update_config(config, load(preset))
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    for section in SECTIONS:
+        validate(config[section], str(REPO / "workflow" / "schemas" / f"{section}.schema.yaml"))
+    return config
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
+    return a == b
+
+
+@pytest.mark.parametrize("dataset", ["voc12", "coco14"])
+def test_preset_merged_over_config_yaml_is_the_paper(dataset):
+    merged = leaves(merged_as_snakemake(PRESETS / f"{dataset}.yaml"))
+    paper = leaves(paper_values(dataset))
+    wrong = {k: (merged.get(k), v) for k, v in paper.items() if not same(merged.get(k), v)}
+    assert not wrong, f"{dataset}: merged value vs the paper's: {wrong}"
+
+
+@pytest.mark.parametrize("dataset", ["voc12", "coco14"])
+def test_no_demo_value_reaches_a_preset(dataset):
+    """Every hyper-parameter config.yaml sets for the demo is in the paper table, so a demo value fails above;
+    and none survives the merge (catches a new demo departure that a preset forgets to undo)."""
+    demo = leaves({k: v for k, v in load(REPO / "config.yaml").items() if k in paper_values(dataset)})
+    merged = leaves(merged_as_snakemake(PRESETS / f"{dataset}.yaml"))
+    paper = leaves(paper_values(dataset))
+    uncovered = sorted(set(demo) - set(paper))
+    assert not uncovered, f"config.yaml sets {uncovered} for the demo; add the paper's value to paper_values()"
+    leaked = {k: v for k, v in demo.items() if same(merged[k], v) and not same(paper[k], v)}
+    assert not leaked, f"{dataset}: demo values in the merged preset: {leaked}"
+
+
+def test_the_old_leak_is_caught():
+    """sance.scale_range: the demo's [1.5, 2.5] reached VOC runs when the preset did not set it."""
+    preset = load(PRESETS / "voc12.yaml")
+    del preset["sance"]["scale_range"]
+    from snakemake.utils import update_config
+
+    config = load(REPO / "config.yaml")
+    update_config(config, preset)
+    assert config["sance"]["scale_range"] == [1.5, 2.5]
+    assert not same(config["sance"]["scale_range"], paper_values("voc12")["sance"]["scale_range"])

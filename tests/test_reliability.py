@@ -160,8 +160,10 @@ def test_grey_rgba_16bit_and_palette_images_are_read_not_rejected(tmp_path):
 def test_only_the_validation_reads_split_lists_so_stages_see_manifest_ids_only():
     """Skipped images never reach CAMs or training: every later stage takes its ids from the
     manifest (or from shard lists cut from it); only validation reads ImageSets or a tags file.
-    edge_eval reads a user id list only to restrict the manifest's ids (intersection)."""
-    allowed = {"sance_core/data/validate.py", "sance_core/data/shards.py", "sance_core/eval/edge_eval.py"}
+    The contour benchmark (contour_maps, edge_eval) reads its own id list (SBD's val.txt): images
+    that are only scored, never trained on."""
+    allowed = {"sance_core/data/validate.py", "sance_core/data/shards.py", "sance_core/eval/edge_eval.py",
+               "sance_core/stages/contour_maps.py"}
     callers = {str(path) for name in ("read_id_list", "split_path", "read_tags_csv") for path, _ in _calls(name)}
     assert callers <= allowed, f"new readers of split lists outside validation: {sorted(callers - allowed)}"
     assert "sance_core/data/validate.py" in callers
@@ -293,9 +295,9 @@ def test_relations_between_keys_are_checked_before_any_job():
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     assert relation_errors(base) == []
     bad = json.loads(json.dumps(base))
-    bad["seeds"].update(fg_threshold=0.1, bg_threshold=0.2)
+    bad.setdefault("seeds", {}).update(fg_threshold=0.1, bg_threshold=0.2)  # config.yaml sets only demo departures
     bad["classifier"]["scale_range"] = [1.3, 0.7]
-    bad["sance"]["paste"]["rect_scale"] = [0.9, 0.4]
+    bad["sance"].setdefault("paste", {})["rect_scale"] = [0.9, 0.4]
     bad["segmentation"].update(weights="imagenet.pth", init_from_classifier=True)
     bad["demo"].update(min_side=160, max_side=96)
     bad["sance"]["online"].update(refine="saliency", saliency_dir=None)
@@ -402,6 +404,7 @@ def _classifier_params(tmp: Path, out: Path) -> dict:
         make_dataset(tmp / "data", n=6)  # 6 images, batch 2: 3 steps per epoch, 9 in all
     return {
         "dataset": {"root": str(tmp / "data"), "classes": ["background", "a", "b", "c"]},
+        "backbone": "resnet18", "weights": None, "zero_init_residual": True, "scale_range": [0.7, 1.3],
         "epochs": 3, "batch_size": 2, "crop_size": 32, "lr": 0.01, "seed": 3, "device": "cpu",
         "resume_dir": str(out / ".resume"), **_classifier_checkpoints_every_epoch(),
     }
@@ -713,7 +716,7 @@ def _deeplab_run(tmp: Path, monkeypatch):
     root = tmp / "data"
     _small_voc(root)
     cfg = seg.SegmenterConfig(dataset=DatasetSpec(root=str(root), classes=("background", "a")), mode="fully_supervised",
-                              label_source="ground_truth", iterations=6, batch_size=2, crop_size=32, rates=(1, 2),
+                              label_source="ground_truth", weights=None, frozen_bn=False, iterations=6, batch_size=2, crop_size=32, rates=(1, 2),
                               checkpoint_every=2, device="cpu", resume_dir=str(tmp / "resume"))
     monkeypatch.setattr(seg, "segmentation_loss", _nan_at(3, seg.segmentation_loss))
     return lambda: seg.train(cfg, seg.load_training_set(cfg, root / "manifest.json", None)), 2, "cross_entropy=nan"
@@ -955,12 +958,13 @@ def models_dir(tmp_path_factory) -> Path:
     _small_voc(tmp / "data", n=2, classes=("background", "a", "b"))
     spec = DatasetSpec(root=str(tmp / "data"), classes=("background", "a", "b"))
     torch.manual_seed(0)
-    save_model(CAMClassifier(2, "resnet18"), classifier_config(ClassifierConfig(dataset=spec)), tmp / "classifier")
+    save_model(CAMClassifier(2, "resnet18"), classifier_config(ClassifierConfig(dataset=spec, backbone="resnet18", weights=None)), tmp / "classifier")
     save_model(build_sance_model(3, "resnet18", 16, seg_branch=True, aspp_rates=(1, 2)),
                sance_config(SanceConfig(dataset=spec, mode="sance", backbone="resnet18", output_stride=16,
                                         aspp_rates=(1, 2))), tmp / "sance")
     save_model(DeepLabV2(3, "resnet18", None, 16, (1, 2)),
-               deeplab_config(SegmenterConfig(dataset=spec, mode="sance", backbone="resnet18", output_stride=16,
+               deeplab_config(SegmenterConfig(dataset=spec, mode="sance", backbone="resnet18", weights=None, frozen_bn=False,
+                                              output_stride=16,
                                               rates=(1, 2))), tmp / "deeplab")
     return tmp
 

@@ -72,6 +72,16 @@ def fake_upstream(root: Path, name: str, classes: list[str]) -> None:
                         arrays["seg"], attrs["class_keys"] = present_planes(_stride4(onehot), present)
                     maps_w.add(i, arrays, attrs)
                     pl_w.add(i, {"label": np.where(m == 255, 0, m).astype(np.uint8)}, {"size": list(m.shape)})
+    # the raw contour maps of the val split (infer_contours), spurious edges growing with the mode
+    val_ids = [i for shard in shards("val") for i in read_shard(shard)]
+    for k, mode in enumerate(SANCE_MODES):
+        with ArtifactWriter(res / mode / "contours" / "eval.h5", "contours") as w:
+            for i in val_ids:
+                m = read_label_png(spec.mask_path(i))
+                boundary, _ = mask_boundaries(m)
+                contour = np.clip(_stride4(boundary.astype(np.float32)) * 2, 0, 1)
+                contour = np.maximum(contour, rng.random(contour.shape) < 0.15 * k)
+                w.add(i, {"contour": contour}, {"size": list(m.shape), "stride": 4})
     for shard in shards("val"):
         for mode in DEEPLAB_MODES:
             with ArtifactWriter(res / mode / "predictions" / f"{shard.stem}.h5", "predictions") as w:
@@ -205,10 +215,14 @@ def test_contour_stage_on_one_shard(tmp_path):
         else:
             assert result["ods"] < 0.95
         assert result["n_images"] == 2 and [p["id"] for p in result["per_image"]] == ["im0", "im1"]
-    # an id list restricts the evaluation (the paper: SBD's val.txt); unknown ids are skipped
-    (tmp_path / "ids.txt").write_text("im1\nnot_in_split\n")
+    # an id list replaces the split's ids (the paper: SBD's val.txt, images outside the manifest);
+    # every listed id needs a map
+    (tmp_path / "ids.txt").write_text("im1\n")
     one = evaluate_contour_maps(replace(cfg, id_list=str(tmp_path / "ids.txt")), manifest, [str(tmp_path / "noisy.h5")])
-    assert one["n_images"] == 1 and one["id_list"]["in_split"] == 1
+    assert one["n_images"] == 1 and one["id_list"]["listed"] == 1
+    (tmp_path / "ids.txt").write_text("im1\nnot_inferred\n")
+    with pytest.raises(ValueError, match="lack 1 id.*not_inferred"):
+        evaluate_contour_maps(replace(cfg, id_list=str(tmp_path / "ids.txt")), manifest, [str(tmp_path / "noisy.h5")])
     with pytest.raises(ValueError, match="sbd_dir"):
         ContourEvalConfig(dataset=spec, gt_source="sbd")
     with pytest.raises(ValueError, match="no cls/ folder"):

@@ -26,8 +26,8 @@ DS = {"root": "unused", "classes": ["background", "a", "b"]}
 
 
 def _cfg(**kw) -> SanceConfig:
-    base = {"dataset": DS, "backbone": "resnet18", "output_stride": 16, "aspp_rates": [1, 2], "crop_size": 32,
-            "batch_size": 2, "device": "cpu"}
+    base = {"dataset": DS, "backbone": "resnet18", "weights": None, "frozen_bn": False, "scale_range": [0.9, 1.1],
+            "output_stride": 16, "aspp_rates": [1, 2], "crop_size": 32, "batch_size": 2, "device": "cpu"}
     return from_dict(SanceConfig, base | kw)
 
 

@@ -71,7 +71,7 @@ def dataset(tmp_path_factory) -> dict:
 
 def make_cfg(dataset, **kw) -> SegmenterConfig:
     base = {"dataset": {"root": str(dataset["root"]), "classes": list(CLASSES)}, "mode": "test",
-            "backbone": "resnet18", "iterations": 4, "batch_size": 2, "crop_size": 32, "lr": 0.01,
+            "backbone": "resnet18", "weights": None, "frozen_bn": False, "iterations": 4, "batch_size": 2, "crop_size": 32, "lr": 0.01,
             "checkpoint_every": 2, "device": "cpu", "rates": [1, 2]}
     return from_dict(SegmenterConfig, {**base, **kw})
 
@@ -234,7 +234,7 @@ def test_predict_stage_writes_label_maps_of_every_shard_image(dataset, trained, 
     ids.write_text("img4\nimg5\n")
     cfg = from_dict(PredictConfig, {"dataset": {"root": str(dataset["root"]), "classes": list(CLASSES)},
                                     "mode": "test", "backbone": "resnet18", "test_scales": [0.75, 1.0],
-                                    "flip": True, "device": "cpu"})
+                                    "flip": True, "fusion": "mean", "crf": False, "device": "cpu"})
     out = tmp_path / "pred.h5"
     assert run_predict(cfg, {"model": str(trained / "model.pt"), "ids": str(ids)}, {"predictions": str(out)}) == 2
     with ArtifactReader(out, "predictions") as reader:

@@ -393,7 +393,7 @@ class ContourEvalConfig:
     kill_internal: bool = False  # SBD's option; off because intra-object edges are what SANCE removes
     gt_source: str = "masks"  # 'masks': boundaries of the split's label masks; 'sbd': GTcls.Boundaries
     sbd_dir: str | None = None  # folder holding cls/<id>.mat (gt_source 'sbd')
-    id_list: str | None = None  # a file of ids restricting the evaluation (SBD's val.txt for the paper's numbers)
+    id_list: str | None = None  # the evaluated ids instead of the split's (SBD's val.txt for the paper's numbers)
     max_images: int = 0  # 0 = every image with ground truth; else the first N in manifest order
 
     def __post_init__(self) -> None:
@@ -460,11 +460,13 @@ def job_processes() -> int:
 
 
 def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths: Sequence[str],
-                          processes: int = 1) -> dict[str, Any]:
+                          processes: int = 1, expect_stage: str = "maps") -> dict[str, Any]:
     """ODS/OIS/AP of a mode's contour maps over ``cfg.split``; the JSON result (with curve and per image).
 
-    ``cfg.id_list`` (a file of ids, e.g. SBD's ``val.txt``) restricts the evaluation to the listed
-    ids of the split, in manifest order.
+    ``cfg.id_list`` (a file of ids, e.g. SBD's ``val.txt``) replaces the split's ids: the paper's
+    protocol scores SBD val images, which are not in VOC's train_aug (``infer_contours`` infers
+    their raw maps). ``expect_stage``: ``contours`` (the workflow: raw single-scale maps) or
+    ``maps`` (the pseudo-label stage's test-time-augmented maps).
     """
     from sance_core.io.images import DataError, read_id_list
     from sance_core.io.store import open_shards
@@ -475,17 +477,13 @@ def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths:
         raise DataError(f"evaluation.contour.sbd_dir {cfg.sbd_dir!r} has no cls/ folder of SBD .mat files")
     id_list = cfg.id_list
     if id_list:
-        listed = read_id_list(id_list)
-        wanted = set(listed)
-        ids = [i for i in ids if i in wanted]
-        restricted = {"id_list": str(id_list), "listed": len(listed), "in_split": len(ids)}
-        if len(ids) < len(wanted):
-            log.warning("%d of the %d ids of %s are not in split %r and are skipped",
-                        len(wanted) - len(ids), len(wanted), id_list, cfg.split)
-    index = open_shards(list(map_paths), expect_stage="maps")
+        ids = list(dict.fromkeys(read_id_list(id_list)))
+        restricted = {"id_list": str(id_list), "listed": len(ids)}
+    index = open_shards(list(map_paths), expect_stage=expect_stage)
     missing = [i for i in ids if i not in index]
     if missing:
-        raise DataError(f"maps shards {list(map_paths)} lack {len(missing)} id(s) of split {cfg.split!r}: {missing[:5]}")
+        where = f"id list {id_list}" if id_list else f"split {cfg.split!r}"
+        raise DataError(f"{expect_stage} files {list(map_paths)} lack {len(missing)} id(s) of {where}: {missing[:5]}")
     thresholds = threshold_values(cfg.thresholds)
     settings = {"thresholds": cfg.thresholds, "max_dist": cfg.max_dist, "thinning": cfg.thinning,
                 "kill_internal": cfg.kill_internal, "gt_source": cfg.gt_source}

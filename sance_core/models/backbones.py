@@ -1,7 +1,8 @@
 """ResNet backbones shared by the classifier, the SANCE model and DeepLab.
 
-Weights never come from the network: ``weights`` names a local ``.pth`` state dict
-(e.g. torchvision's ImageNet file copied by the user), or is ``None`` for random init.
+``weights`` is ``'imagenet'`` (torchvision's ImageNet state dict of the named ResNet, read from
+torchvision's cache and fetched there once where a network is reachable: ``sance_core.pretrained``),
+a local ``.pth`` state dict, or ``None`` for random init.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+
+from sance_core.pretrained import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class ResNetBackbone(nn.Module):
     (strides 4, 4, 8, 8|16, 8|16|32 for stem-after-pool, layer1..layer4).
     """
 
-    def __init__(self, name: str = "resnet50", weights: str | None = None, output_stride: int = 16,
+    def __init__(self, name: str = "resnet50", weights: str | Path | None = None, output_stride: int = 16,
                  frozen_bn: bool = False) -> None:
         super().__init__()
         if name not in BACKBONES:
@@ -47,8 +50,9 @@ class ResNetBackbone(nn.Module):
         else:
             dilation = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
             net = builder(weights=None, replace_stride_with_dilation=dilation)
-        if weights:
-            load_backbone_weights(net, weights)
+        path = resolve_weights(weights, name)
+        if path is not None:
+            load_backbone_weights(net, path)
         self.name = name
         self.output_stride = output_stride
         self.channels = STAGE_CHANNELS[name]

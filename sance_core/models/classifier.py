@@ -20,21 +20,38 @@ from sance_core.models.backbones import ResNetBackbone
 
 MODEL_KIND = "cam_classifier"
 ARCH_KEYS = ("kind", "backbone", "output_stride", "classes")
+# training recipes (sance_core.stages.classifier): the papers' text, or IRNet's code
+RECIPES = ("paper", "irnet")
 
 
 class CAMClassifier(nn.Module):
     """ResNet backbone + global average pooling + bias-free 1x1 classifier (IRNet's ``resnet50_cam``)."""
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", weights: str | None = None,
-                 output_stride: int = 16, zero_init_residual: bool = False) -> None:
+                 output_stride: int = 16, zero_init_residual: bool = False, recipe: str = "paper") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe: unknown {recipe!r}; choose one of {', '.join(RECIPES)}")
         self.num_classes = num_classes
+        self.recipe = recipe
         self.backbone = ResNetBackbone(backbone, weights, output_stride)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, 1, bias=False)
         if zero_init_residual and not weights:
             zero_last_bn(self.backbone)
+        if recipe == "irnet":  # IRNet's resnet50_cam: conv1..layer2 get no gradient
+            for module in (self.backbone.stem, self.backbone.layer1, self.backbone.layer2):
+                module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CAMClassifier:
+        """As ``nn.Module.train``; with recipe ``irnet`` every BatchNorm keeps its statistics (IRNet's FixedBatchNorm)."""
+        super().train(mode)
+        if self.recipe == "irnet":
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last backbone stage, ``[B, D, H/s, W/s]``."""

@@ -66,6 +66,8 @@ STAGES: dict[str, StageEntry] = {
     "evaluate_segmenter": StageEntry("sance_core.stages.evaluate", "SegmentationEvalConfig",
                                      "run_segmentation_evaluation",
                                      help="mIoU of the DeepLab predictions of a split against the GT masks"),
+    "infer_contours": StageEntry("sance_core.stages.contour_maps", "ContourMapsConfig",
+                                 help="raw single-scale contour maps of a mode's model for the contour benchmark"),
     "evaluate_contours": StageEntry("sance_core.stages.contours", "ContourEvalConfig", "run_evaluate_contours",
                                     help="ODS/OIS/AP and PR curve of a mode's contour maps (BSDS/SBD matching)"),
     "summarize": StageEntry("sance_core.stages.summary", "SummaryConfig", "run_summary",

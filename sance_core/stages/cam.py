@@ -48,7 +48,7 @@ class CAMConfig:
 
     dataset: DatasetSpec
     split: str = "train"
-    backbone: str = "resnet18"
+    backbone: str = "resnet101"  # the classifier's (paper: resnet101 on VOC)
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # paper / IRNet: (1.0, 0.5, 1.5, 2.0)
     flip: bool = True  # IRNet: each scale with its horizontal flip
     batch_size: int = 8  # images of equal size per forward pass

@@ -4,6 +4,17 @@ The network is :class:`sance_core.models.classifier.CAMClassifier` (IRNet's ``re
 
 Training: multi-label soft-margin loss, SGD with momentum and a poly learning rate, the new
 head at ``head_lr_mult`` times the backbone's rate (IRNet: 10x), random scale / flip / crop.
+Two recipes (``recipe``):
+
+- ``paper``: what IRNet's and SANCE's papers say - SGD with momentum 0.9 and weight decay 1e-4,
+  every layer trained, BatchNorm in training mode.
+- ``irnet``: what IRNet's code (``step/train_cam.py``, ``misc/torchutils.PolyOptimizer``,
+  ``net/resnet50_cam.py``), which produced the CAMs the SANCE paper starts from, does:
+  ``PolyOptimizer`` calls ``SGD(params, lr, weight_decay)``, so the weight decay lands in SGD's
+  *momentum* slot (effective momentum 1e-4; the per-group weight decay 1e-4 still applies);
+  every BatchNorm uses its ImageNet statistics (``FixedBatchNorm``); conv1, layer1 and layer2 get
+  no gradient (the features are detached after layer2), so only layer3, layer4 and the head learn.
+
 Data order and augmentation are functions of (seed, epoch, position), so a run resumed from a
 checkpoint (kept in ``resume_dir``, outside the declared outputs) ends with the same weights
 as an uninterrupted one.
@@ -25,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sance_core.models.backbones import BACKBONES
-from sance_core.models.classifier import MODEL_KIND, CAMClassifier
+from sance_core.models.classifier import MODEL_KIND, RECIPES, CAMClassifier
 from sance_core.config import to_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.io.images import DataError, read_image
@@ -35,26 +46,26 @@ from sance_core.engine.training import CheckpointManager, History, check_finite,
 
 log = logging.getLogger(__name__)
 
-# keys of config.json that must match when a trained classifier is loaded for CAMs
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Hyper-parameters of the classifier (paper / IRNet values in the comments)."""
 
     dataset: DatasetSpec
     split: str = "train"
-    backbone: str = "resnet18"  # paper: resnet101 (VOC), resnet50 (COCO)
-    weights: str | None = None  # local ImageNet state dict; paper: ImageNet-pretrained
-    output_stride: int = 16
-    zero_init_residual: bool = True  # random init only: each residual branch starts as identity
+    backbone: str = "resnet101"  # paper: resnet101 (VOC), resnet50 (COCO)
+    weights: str | None = "imagenet"  # paper: ImageNet-pretrained ('imagenet', a local .pth, or None)
+    output_stride: int = 16  # IRNet: 16
+    zero_init_residual: bool = False  # random init only: each residual branch starts as identity
     epochs: int = 5  # paper: 5
     batch_size: int = 16  # paper: 16
-    crop_size: int = 128  # paper: 512
-    scale_range: tuple[float, float] = (0.7, 1.3)  # random rescale before the crop
+    crop_size: int = 512  # paper: 512
+    scale_range: tuple[float, float] = (0.64, 1.28)  # IRNet: long side resized to 320..640 (VOC: 500 px)
     lr: float = 0.1  # paper: 0.1, poly decay (power 0.9)
     head_lr_mult: float = 10.0  # IRNet: the new 1x1 head learns 10x faster
     weight_decay: float = 1e-4  # paper: 1e-4
     momentum: float = 0.9  # paper: 0.9
     poly_power: float = 0.9
+    recipe: str = "paper"  # 'paper' (the papers' text) or 'irnet' (IRNet's code); module docstring
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -73,6 +84,8 @@ class ClassifierConfig:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
         if self.lr <= 0 or self.head_lr_mult <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, head_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe: unknown {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.checkpoint_interval < 0:
@@ -179,6 +192,18 @@ def batch_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
 # --------------------------------------------------------------------------- training
 
 
+def sgd_momentum(cfg: ClassifierConfig) -> float:
+    """SGD's momentum: ``momentum`` (recipe 'paper'), or the weight decay (recipe 'irnet': IRNet's
+    ``PolyOptimizer.__init__`` passes ``weight_decay`` as ``SGD``'s third positional argument, momentum)."""
+    return cfg.weight_decay if cfg.recipe == "irnet" else cfg.momentum
+
+
+def make_optimizer(model: CAMClassifier, cfg: ClassifierConfig) -> torch.optim.SGD:
+    """SGD over the trainable backbone parameters (``lr``) and the head (``lr * head_lr_mult``), both with ``weight_decay``."""
+    return torch.optim.SGD(model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr,
+                           momentum=sgd_momentum(cfg))
+
+
 def train(cfg: ClassifierConfig, data: ClassificationData, history: History | None = None,
           stop_after_step: int | None = None) -> tuple[CAMClassifier, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last metrics.
@@ -189,10 +214,8 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = CAMClassifier(len(cfg.dataset.classes) - 1, cfg.backbone, cfg.weights, cfg.output_stride,
-                          cfg.zero_init_residual).to(device)
-    optimizer = torch.optim.SGD(
-        model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
-    )
+                          cfg.zero_init_residual, cfg.recipe).to(device)
+    optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(EpochBatches(len(data), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.epochs
     checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None

@@ -14,8 +14,13 @@ __all__ = ["ContourEvalConfig", "run_evaluate_contours"]
 
 
 def run_evaluate_contours(cfg: ContourEvalConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Inputs ``manifest``, ``maps`` (all shards of a mode); outputs ``json`` and ``curve`` (PR curve TSV)."""
-    result = evaluate_contour_maps(cfg, Manifest.load(inputs["manifest"]), as_paths(inputs["maps"]), job_processes())
+    """Inputs ``manifest`` and ``contours`` (the raw maps of ``infer_contours``, the paper's protocol)
+    or ``maps`` (a mode's test-time-augmented pseudo-label maps, all shards); outputs ``json`` and
+    ``curve`` (PR curve TSV)."""
+    stage = "contours" if "contours" in inputs else "maps"
+    result = evaluate_contour_maps(cfg, Manifest.load(inputs["manifest"]), as_paths(inputs[stage]), job_processes(),
+                                   stage)
+    result["maps"] = stage
     write_json(result, outputs["json"])
     write_tsv(result["curve"], outputs["curve"], ("threshold", "recall", "precision", "f"))
     return result

@@ -71,7 +71,7 @@ class MapsConfig:
     dataset: DatasetSpec
     mode: str = "sance"
     split: str = "train"
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # SANCE+TTA (Table 1); the CAM scales (range not given)
     flip: bool = True
     device: str = "auto"
     compression: str = "gzip"

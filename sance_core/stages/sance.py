@@ -148,17 +148,17 @@ class SanceConfig:
     dataset: DatasetSpec
     mode: str = "sance"
     split: str = "train"
-    backbone: str = "resnet50"  # paper: resnet101 (VOC), resnet50 (COCO)
-    weights: str | None = None  # local ImageNet state dict; paper: ImageNet-pretrained
+    backbone: str = "resnet101"  # paper: resnet101 (VOC), resnet50 (COCO)
+    weights: str | None = "imagenet"  # paper: ImageNet-pretrained ('imagenet', a local .pth, or None)
     init_from_classifier: bool = False  # start the backbone from the CAM classifier (no ImageNet file)
     output_stride: int = 8  # paper: 8 (IRNet baseline in Table 1: 16)
-    frozen_bn: bool = False
+    frozen_bn: bool = True  # pretrained BatchNorm statistics with batches of 10 (IRNet, DeepLab)
     contour_channels: int = 32  # IRNet: 32 per stage
     aspp_rates: tuple[int, ...] = (6, 12, 18, 24)  # DeepLab-v2
     epochs: int = 16  # paper: 16
     batch_size: int = 10  # paper: 10
     crop_size: int = 512  # paper: 512
-    scale_range: tuple[float, float] = (0.9, 1.1)  # paper: random scaling (range not given)
+    scale_range: tuple[float, float] = (0.5, 1.5)  # paper: random scaling; IRNet's IRN: 0.5-1.5
     lr: float = 2.5e-4  # paper: 2.5e-4 for the backbone, poly decay
     new_lr_mult: float = 10.0  # paper: new layers x10
     weight_decay: float = 5e-4  # paper: 5e-4

@@ -61,17 +61,17 @@ class SegmenterConfig:
     mode: str
     label_source: str = "pseudo_labels"  # 'ground_truth' for the fully supervised upper bound
     split: str = "train"  # paper: train_aug
-    backbone: str = "resnet18"  # paper: resnet101
-    weights: str | None = None  # local ImageNet state dict; paper: ImageNet-pretrained
+    backbone: str = "resnet101"  # paper: resnet101 (VOC), resnet50 (COCO)
+    weights: str | None = "imagenet"  # paper: ImageNet-pretrained ('imagenet', a local .pth, or None)
     init_from_classifier: bool = False  # demo (no ImageNet file): start the backbone from the CAM classifier
     output_stride: int = 8  # paper: 8
     rates: tuple[int, ...] = DEFAULT_RATES  # paper: 6, 12, 18, 24
-    frozen_bn: bool = False  # DeepLab: true (pretrained statistics, batch 10)
-    iterations: int = 300  # paper: 20000
-    batch_size: int = 8  # paper: 10
-    crop_size: int = 96  # paper: 321
+    frozen_bn: bool = True  # DeepLab: pretrained statistics, batch 10
+    iterations: int = 20000  # paper: 20000
+    batch_size: int = 10  # paper: 10
+    crop_size: int = 321  # paper: 321
     scale_range: tuple[float, float] = (0.5, 1.5)  # DeepLab: random scale 0.5-1.5
-    lr: float = 0.01  # paper: 2.5e-4 (pretrained backbone)
+    lr: float = 2.5e-4  # paper: 2.5e-4 (pretrained backbone)
     head_lr_mult: float = 10.0  # paper: 10
     weight_decay: float = 5e-4  # paper: 5e-4
     momentum: float = 0.9  # paper: 0.9
@@ -111,10 +111,10 @@ class PredictConfig:
     dataset: DatasetSpec
     mode: str
     backbone: str  # must match the trained model's config.json
-    test_scales: tuple[float, ...] = (1.0,)  # paper (DeepLab MSC): 0.5, 0.75, 1.0, 1.25, 1.5
-    flip: bool = False  # paper: true
-    fusion: str = "mean"  # how the scales' softmax maps merge: mean or max
-    crf: bool = False  # paper: true on VOC, false on COCO
+    test_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)  # paper (DeepLab MSC)
+    flip: bool = True  # paper: true
+    fusion: str = "max"  # how the scales' softmax maps merge: mean or max (DeepLab's MSC: max)
+    crf: bool = True  # paper: true on VOC, false on COCO
     crf_params: CRFConfig = field(default_factory=deeplab_crf)
     device: str = "auto"
     compression: str = "gzip"

@@ -85,7 +85,7 @@ def gpu_resources():
 # Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
 CLASSIFIER_KEYS = (
     "backbone", "weights", "output_stride", "zero_init_residual", "epochs", "batch_size", "crop_size",
-    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "checkpoint_interval",
+    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "recipe", "checkpoint_interval",
 )
 
 
@@ -286,10 +286,31 @@ def ablation_modes():
     return sance_modes() + [m for m in deeplab_modes() if m not in sance_modes()]
 
 
+def contour_maps_inputs(wildcards):
+    """The mode's trained model, the manifest and, when set, the id list of the contour benchmark."""
+    inputs = {"manifest": manifest(), "model": f"{mode_dir(wildcards.mode)}/sance_model/model.pt"}
+    id_list = config["evaluation"]["contour"]["id_list"]
+    if id_list:
+        inputs["ids"] = id_list
+    return inputs
+
+
+def contour_maps_params(mode):
+    """infer_contours: raw single-scale maps of the val split or of evaluation.contour.id_list."""
+    return {
+        "dataset": dataset_params(),
+        "mode": mode,
+        "split": config["data"]["val_split"],
+        "id_list": config["evaluation"]["contour"]["id_list"],
+        "device": config["device"],
+        "compression": config["artifacts"]["compression"],
+    }
+
+
 def contour_eval_params(mode):
     return {
         "dataset": dataset_params(),
-        "split": config["data"]["train_split"],
+        "split": config["data"]["val_split"],
         "mode": mode,
         **dict(config["evaluation"]["contour"]),
     }
