@@ -12,9 +12,26 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DATASET = config["data"]["name"]
-RESULTS = f"results/{DATASET}"
-LOGS = f"logs/{DATASET}"
-BENCH = f"benchmarks/{DATASET}"
+# Dataset, classifier and CAMs (stages 1-3) live under SHARED; the seeds and everything after them
+# under RESULTS, which for oracle seeds (seeds.source: oracle) is a folder named after the
+# corruption, so oracle runs never mix with CAM runs or with each other.
+SHARED = f"results/{DATASET}"
+SHARED_LOGS = f"logs/{DATASET}"
+SHARED_BENCH = f"benchmarks/{DATASET}"
+
+
+def seed_run_dir():
+    """'' for CAM seeds; 'oracle_<corruption>' for oracle seeds (sance_core.oracle_seeds.OracleConfig.tag)."""
+    if config["seeds"].get("source", "cam") != "oracle":
+        return ""
+    o = {"core": 1.0, "leak": 0, "false_rate": 0.0, "unknown": 4, **config["seeds"].get("oracle", {})}
+    return f"oracle_core{o['core']:g}_leak{o['leak']}_false{o['false_rate']:g}_unk{o['unknown']}"
+
+
+SEED_RUN = seed_run_dir()
+RESULTS = f"{SHARED}/{SEED_RUN}" if SEED_RUN else SHARED
+LOGS = f"{SHARED_LOGS}/{SEED_RUN}" if SEED_RUN else SHARED_LOGS
+BENCH = f"{SHARED_BENCH}/{SEED_RUN}" if SEED_RUN else SHARED_BENCH
 ENV = "../../envs/sance.yaml"
 # the adapters import sance_core from this checkout even when it is not installed
 sys.path.insert(0, str(Path(workflow.basedir)))
@@ -54,7 +71,7 @@ def dataset_source():
 
 
 def manifest():
-    return f"{RESULTS}/manifest.json"
+    return f"{SHARED}/manifest.json"
 
 
 def all_targets():
@@ -67,7 +84,7 @@ TARGETS = []
 
 def shard_files(split):
     """The shard id lists of a split (`--set-scatter shard=N` changes their number)."""
-    return scatter.shard(f"{RESULTS}/shards/{split}/{{scatteritem}}.txt")
+    return scatter.shard(f"{SHARED}/shards/{split}/{{scatteritem}}.txt")
 
 
 def gpu_resources():
@@ -91,7 +108,7 @@ def classifier_params():
         "seed": config["seed"],
         "device": config["device"],
         "workers": config["workers"],
-        "resume_dir": f"{RESULTS}/.resume/classifier",
+        "resume_dir": f"{SHARED}/.resume/classifier",
     }
 
 
@@ -112,7 +129,31 @@ def cam_params():
 
 def cam_shards():
     """All CAM shard files of the training split, for rules that read every CAM."""
-    return gather.shard(f"{RESULTS}/cam/{{scatteritem}}.h5")
+    return gather.shard(f"{SHARED}/cam/{{scatteritem}}.h5")
+
+
+# Stage 4 (seeds): CAM seeds, or oracle seeds from the masks in oracle runs.
+
+def make_seeds_inputs(wildcards):
+    if SEED_RUN:
+        return {"shard": f"{SHARED}/shards/{config['data']['train_split']}/{wildcards.scatteritem}.txt",
+                "manifest": manifest()}
+    return {"cam": f"{SHARED}/cam/{wildcards.scatteritem}.h5"}
+
+
+def make_seeds_params():
+    s = config["seeds"]
+    if SEED_RUN:  # only oracle runs get the oracle settings (CAM seeds do not rerun when they change)
+        return {"dataset": dataset_params(), "compression": config["artifacts"]["compression"],
+                "source": "oracle", "oracle": dict(s["oracle"]), "split": config["data"]["train_split"],
+                "seed": config["seed"]}
+    return {
+        "dataset": dataset_params(),
+        "fg_threshold": s["fg_threshold"],
+        "bg_threshold": s["bg_threshold"],
+        "crf": dict(s["crf"]),
+        "compression": config["artifacts"]["compression"],
+    }
 
 
 # Stage 7 (DeepLab): the params of the segmenter jobs of a mode, built from config["segmentation"].
@@ -145,7 +186,7 @@ def segmenter_train_inputs(wildcards):
     if wildcards.mode != "fully_supervised":
         inputs["labels"] = f"{RESULTS}/{wildcards.mode}/pseudo_labels/png"
     if config["segmentation"]["init_from_classifier"]:
-        inputs["classifier"] = f"{RESULTS}/classifier/model.pt"
+        inputs["classifier"] = f"{SHARED}/classifier/model.pt"
     return inputs
 
 
@@ -220,7 +261,7 @@ def sance_train_inputs(wildcards):
         "seeds": scatter.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5"),
     }
     if config["sance"]["init_from_classifier"]:
-        inputs["classifier"] = f"{RESULTS}/classifier/model.pt"
+        inputs["classifier"] = f"{SHARED}/classifier/model.pt"
     return inputs
 
 
@@ -257,11 +298,11 @@ def make_pseudo_labels_inputs(wildcards):
     """The mode's maps of the shard, its id list, the manifest and, for map 'cam', the CAM shard."""
     inputs = {
         "maps": f"{mode_dir(wildcards.mode)}/maps/{wildcards.shard}.h5",
-        "shard": f"{RESULTS}/shards/{config['data']['train_split']}/{wildcards.shard}.txt",
+        "shard": f"{SHARED}/shards/{config['data']['train_split']}/{wildcards.shard}.txt",
         "manifest": manifest(),
     }
     if pseudo_label_map(wildcards.mode) == "cam":
-        inputs["cam"] = f"{RESULTS}/cam/{wildcards.shard}.h5"
+        inputs["cam"] = f"{SHARED}/cam/{wildcards.shard}.h5"
     return inputs
 
 
@@ -294,7 +335,7 @@ def summary_inputs(wildcards):
     inputs = {"manifest": manifest()}
     if mode in sance_modes():
         inputs.update({
-            "cam": f"{RESULTS}/eval/cam.json",
+            "cam": f"{SHARED}/eval/cam.json",
             "seeds": f"{RESULTS}/eval/seeds.json",
             "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
             "contour": f"{mode_dir(mode)}/eval/contour.json",
@@ -322,7 +363,7 @@ def qualitative_inputs(wildcards):
     """train grid: CAMs, seeds, maps and pseudo labels of every SANCE mode; val grid: DeepLab predictions."""
     inputs = {"manifest": manifest()}
     if wildcards.grid == "train":
-        inputs["cam"] = scatter.shard(f"{RESULTS}/cam/{{scatteritem}}.h5")
+        inputs["cam"] = scatter.shard(f"{SHARED}/cam/{{scatteritem}}.h5")
         inputs["seeds"] = scatter.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5")
         for mode in sance_modes():
             inputs[f"maps__{mode}"] = scatter.shard(f"{mode_dir(mode)}/maps/{{scatteritem}}.h5")
@@ -347,14 +388,14 @@ def qualitative_params(grid):
 
 
 def iou_bars_inputs(wildcards):
-    inputs = {"cam": f"{RESULTS}/eval/cam.json", "seeds": f"{RESULTS}/eval/seeds.json"}
+    inputs = {"cam": f"{SHARED}/eval/cam.json", "seeds": f"{RESULTS}/eval/seeds.json"}
     inputs.update({f"pseudo_labels__{m}": f"{mode_dir(m)}/eval/pseudo_labels.json" for m in sance_modes()})
     inputs.update({f"segmentation__{m}": f"{mode_dir(m)}/eval/segmentation.json" for m in deeplab_modes()})
     return inputs
 
 
 def training_history_inputs(wildcards):
-    inputs = {"history__classifier": f"{RESULTS}/classifier/history.csv"}
+    inputs = {"history__classifier": f"{SHARED}/classifier/history.csv"}
     inputs.update({f"history__sance_model_{m}": f"{mode_dir(m)}/sance_model/history.csv" for m in sance_modes()})
     inputs.update({f"history__segmenter_{m}": f"{mode_dir(m)}/segmenter/history.csv" for m in deeplab_modes()})
     return inputs
