@@ -94,3 +94,25 @@ def test_oracle_seeds_run_in_their_own_folder(workdir, tiny_config, tmp_path):
     assert "results/tiny/oracle_core0.5_leak2_false0_unk4/seeds/1-of-2.h5" in plan.stdout
     cam_plan = run_snakemake(workdir, "-n", "all", "--configfile", str(tiny_config))
     assert "results/tiny/seeds/1-of-2.h5" in cam_plan.stdout and "results/tiny/oracle_" not in cam_plan.stdout
+
+
+def test_table1_preset_plans_every_row(workdir):
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", str(REPO / "workflow/presets/table1.yaml"))
+    out = proc.stdout
+    assert out.count("rule train_sance:") == 6 and out.count("rule train_segmenter:") == 7
+    for mode in ("sance_naive_s16_cam", "sance_naive_cam", "sance_tta"):
+        assert f"results/demo/{mode}/pseudo_labels/png" in out
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"modes": ["irnet", "mystery"]}, "mode_options.mystery.base"),
+    ({"modes": ["irnet_seg"], "mode_options": {"irnet_seg": {"base": "irnet", "map": "seg"}}},
+     "mode_options.irnet_seg.map"),
+    ({"mode_options": {"sance": {"output_stride": 32}}}, "32"),
+    ({"segmentation": {"modes": ["fully_supervised", "sance_tta"]}}, "segmentation.modes"),
+])
+def test_table1_row_mistakes_name_the_key(workdir, tmp_path, override, key):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(override))
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0 and key in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]

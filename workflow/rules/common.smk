@@ -208,9 +208,40 @@ def segmenter_predict_params(mode):
 
 # Stages 5-6 (SANCE and its pseudo labels): every mode of config["modes"] writes under its own
 # folder; a mode gets only the settings it uses, so e.g. changing the label refine module
-# reruns 'sance' and leaves 'irnet' and 'sance_naive' alone.
+# reruns 'sance' and leaves 'irnet' and 'sance_naive' alone. A mode is one of the three base
+# modes or a row of Table 1 named in config["mode_options"] (base, stride, map, TTA).
 SANCE_MODES = ("irnet", "sance_naive", "sance")
-SANCE_MODE_RE = "|".join(SANCE_MODES)
+SANCE_MODE_RE = "[A-Za-z0-9_]+"
+# the paper's settings per base mode (Table 1): the IRNet baseline is stride 16, CAM map,
+# single-scale maps; SANCE(-naive) take sance.output_stride, pseudo_labels.map and the TTA scales
+BASE_MODE_SETTINGS = {
+    "irnet": {"output_stride": 16, "tta": False},
+    "sance_naive": {},
+    "sance": {},
+}
+
+
+def mode_settings(mode):
+    """base, output_stride, map, tta of a mode: mode_options[mode] over the base mode's paper settings."""
+    options = dict(config.get("mode_options", {}).get(mode, {}))
+    base = options.pop("base", mode)
+    settings = {
+        "base": base,
+        "output_stride": config["sance"]["output_stride"],
+        "map": config["pseudo_labels"]["map"][base],
+        "tta": True,
+        **BASE_MODE_SETTINGS[base],
+    }
+    settings.update(options)
+    return settings
+
+
+def table1_key(mode):
+    """Table 1's row order: baseline, SANCE-naive, SANCE; stride 16 before 8; CAM map before seg; TTA last."""
+    m = mode_settings(mode)
+    return (SANCE_MODES.index(m["base"]), -m["output_stride"], m["map"] != "cam", bool(m["tta"]))
+
+
 SANCE_TRAIN_KEYS = (
     "backbone", "weights", "init_from_classifier", "output_stride", "frozen_bn", "contour_channels",
     "epochs", "batch_size", "crop_size", "scale_range", "lr", "new_lr_mult", "weight_decay", "momentum",
@@ -224,21 +255,25 @@ def mode_dir(mode):
 
 
 def sance_modes():
-    return list(config["modes"])
+    """The SANCE modes of the run in Table 1's order."""
+    return sorted(config["modes"], key=table1_key)
 
 
 def sance_train_params(mode):
     s = config["sance"]
+    settings = mode_settings(mode)
     params = {
         "dataset": dataset_params(),
-        "mode": mode,
+        "mode": settings["base"],
         "split": config["data"]["train_split"],
         **{k: s[k] for k in SANCE_TRAIN_KEYS},
+        "output_stride": settings["output_stride"],
         "seed": config["seed"],
         "device": config["device"],
         "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
     }
+    mode = settings["base"]
     if mode == "irnet":  # contour branch and CAM seeds only
         params["loss_weights"] = {"cam_contour": s["loss_weights"]["cam_contour"]}
         return params
@@ -266,17 +301,19 @@ def sance_train_inputs(wildcards):
 
 
 def pseudo_label_map(mode):
-    return config["pseudo_labels"]["map"][mode]
+    return mode_settings(mode)["map"]
 
 
 def infer_maps_params(mode):
+    """TTA: the pseudo_labels scales (+flip) averaged; without: the first scale alone, no flip."""
     p = config["pseudo_labels"]
+    tta = mode_settings(mode)["tta"]
     return {
         "dataset": dataset_params(),
-        "mode": mode,
+        "mode": mode_settings(mode)["base"],
         "split": config["data"]["train_split"],
-        "scales": list(p["scales"]),
-        "flip": p["flip"],
+        "scales": list(p["scales"]) if tta else list(p["scales"][:1]),
+        "flip": p["flip"] if tta else False,
         "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
@@ -352,6 +389,7 @@ def summary_params(mode):
         "train_split": config["data"]["train_split"],
         "val_split": config["data"]["val_split"],
         "tau_b": config["pseudo_labels"]["tau_b"] if mode in sance_modes() else None,
+        **({k: mode_settings(mode)[k] for k in ("base", "output_stride", "tta")} if mode in sance_modes() else {}),
     }
 
 
