@@ -273,6 +273,12 @@ def sance_train_params(mode):
         "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
     }
+    if s["epoch_eval"]["images"] > 0:  # Fig. 5: pseudo labels as stage 6 makes them, one scale
+        p = config["pseudo_labels"]
+        params["epoch_eval"] = {
+            "images": s["epoch_eval"]["images"], "map": settings["map"], "scale": p["scales"][0],
+            **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg")},
+        }
     mode = settings["base"]
     if mode == "irnet":  # contour branch and CAM seeds only
         params["loss_weights"] = {"cam_contour": s["loss_weights"]["cam_contour"]}
@@ -297,6 +303,8 @@ def sance_train_inputs(wildcards):
     }
     if config["sance"]["init_from_classifier"]:
         inputs["classifier"] = f"{SHARED}/classifier/model.pt"
+    if config["sance"]["epoch_eval"]["images"] > 0 and pseudo_label_map(wildcards.mode) == "cam":
+        inputs["cam"] = cam_shards()
     return inputs
 
 
@@ -449,4 +457,5 @@ def report_targets():
         f"{figures}/per_class_iou.png",
         f"{figures}/contour_pr.png",
         f"{figures}/training_curves.png",
+        *([f"{figures}/epoch_miou.png"] if config["sance"]["epoch_eval"]["images"] > 0 else []),
     ]
