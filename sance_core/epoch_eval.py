@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from sance_core.data.dataset import DatasetSpec, load_sample
-from sance_core.metrics import ConfusionMatrix
-from sance_core.storage import open_shards
+from sance_core.eval.metrics import ConfusionMatrix
+from sance_core.io.store import open_shards
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class EpochEvaluator:
             self.samples.append((image, mask, scores, keys))
 
     def __call__(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        from sance_core.pseudo_labels import predict_maps, synthesize_label
+        from sance_core.stages.pseudo_labels import predict_maps, synthesize_label
 
         cfg = self.cfg
         was_training = model.training

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sance_core.config import ConfigError, from_dict
-from sance_core.sance_training import (
+from sance_core.stages.sance import (
     SanceConfig,
     SanceData,
     compute_losses,
@@ -20,7 +20,7 @@ from sance_core.sance_training import (
     train,
     training_step,
 )
-from sance_core.storage import ArtifactWriter
+from sance_core.io.store import ArtifactWriter
 
 DS = {"root": "unused", "classes": ["background", "a", "b"]}
 
@@ -154,7 +154,7 @@ def test_online_losses_act_only_inside_the_pasted_rectangle():
 def test_one_training_step_decreases_the_loss_on_a_fixed_batch(mode):
     torch.manual_seed(0)
     cfg = _cfg(mode=mode, lr=1e-4)  # small enough for a descent step from a random init
-    from sance_core.sance_training import build_model
+    from sance_core.stages.sance import build_model
 
     model = build_model(cfg)
     opt = torch.optim.SGD(model.param_groups(cfg.lr, cfg.new_lr_mult, 0.0), lr=cfg.lr, momentum=0.0)
@@ -244,7 +244,7 @@ def test_end_of_epoch_hook_runs_once_per_epoch_and_leaves_training_unchanged(tmp
         calls.append((epoch, model.training))
         return {"pseudo_miou": 0.1 * epoch}
 
-    from sance_core.training import History
+    from sance_core.engine.training import History
     history = History(tmp_path / "h.csv")
     hooked, metrics = train(_cfg(**common), data, history=history, on_epoch_end=hook)
     assert calls == [(1, True), (2, True)]
@@ -257,10 +257,10 @@ def test_end_of_epoch_hook_runs_once_per_epoch_and_leaves_training_unchanged(tmp
 
 def test_epoch_evaluator_scores_the_stage_6_pseudo_labels(tmp_path):
     from sance_core.data.dataset import DatasetSpec
-    from sance_core.data.palette import save_label_png
+    from sance_core.io.palette import save_label_png
     from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
-    from sance_core.metrics import ConfusionMatrix
-    from sance_core.pseudo_labels import predict_maps, synthesize_label
+    from sance_core.eval.metrics import ConfusionMatrix
+    from sance_core.stages.pseudo_labels import predict_maps, synthesize_label
 
     ds, ids, tags, seeds = _tiny_set(tmp_path)
     (Path(ds["root"]) / "SegmentationClass").mkdir()

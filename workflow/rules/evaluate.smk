@@ -34,7 +34,7 @@ rule evaluate_cams:
     conda:
         ENV
     script:
-        "../scripts/evaluate_cams.py"
+        "../scripts/run_stage.py"
 
 
 rule evaluate_seeds:
@@ -59,7 +59,4 @@ rule evaluate_seeds:
     conda:
         ENV
     script:
-        "../scripts/evaluate_seeds.py"
-
-
-TARGETS += [f"{CAM_EVAL_DIR}/cam.json", f"{EVAL_DIR}/seeds.json"]
+        "../scripts/run_stage.py"
