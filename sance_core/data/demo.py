@@ -903,12 +903,16 @@ def format_statistics(stats: dict) -> str:
     lines = [
         f"images {stats['images']}, objects {stats['objects']}",
         f"foreground fraction of labelled pixels: {100 * stats['foreground_fraction']:.1f} %",
-        f"objects per image: {stats['objects_per_image']:.2f} (histogram {stats['objects_per_image_histogram']}); "
-        f"classes per image {stats['classes_per_image']:.2f}",
-        "object extent, percentiles 10/50/90: "
-        f"{'/'.join(f'{v:g}' for v in stats['extent_px'])} px = "
-        f"{'/'.join(f'{v:.1f}' for v in stats['extent_cells'])} stride-4 cells = "
-        f"{'/'.join(f'{v:.2f}' for v in stats['extent_side'])} of the shorter image side",
+        (
+            f"objects per image: {stats['objects_per_image']:.2f} (histogram {stats['objects_per_image_histogram']}); "
+            f"classes per image {stats['classes_per_image']:.2f}"
+        ),
+        (
+            "object extent, percentiles 10/50/90: "
+            f"{'/'.join(f'{v:g}' for v in stats['extent_px'])} px = "
+            f"{'/'.join(f'{v:.1f}' for v in stats['extent_cells'])} stride-4 cells = "
+            f"{'/'.join(f'{v:.2f}' for v in stats['extent_side'])} of the shorter image side"
+        ),
         "discriminative-part (head) fraction of an object, p10/50/90: "
         + "/".join(f"{v:.2f}" for v in stats["part_fraction"]),
         "class-evidence fraction (head, plus a tinted/patterned body), p10/50/90: "
