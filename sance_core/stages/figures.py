@@ -451,6 +451,9 @@ def epoch_miou_figure(curves: Mapping[str, Sequence[tuple[int, float]]], path: s
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, lw=1.2, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_ylabel("pseudo-label mIoU (%)", fontsize=8)
     ax.tick_params(labelsize=7)
