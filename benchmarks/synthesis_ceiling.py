@@ -2,7 +2,7 @@
 
 The score map is the one-hot ground truth averaged over each 4x4 cell (a perfect segmentation map
 on the stride-4 grid); the contour is either none or the thin ground-truth boundary (the cells the
-boundary passes through). ``synthesize_label`` (Eq. 6 propagation with radius 5, beta 10,
+boundary passes through). ``synthesize_label`` (Eq. 6 propagation with radius ``--radius`` (5), beta 10,
 2**exp_times steps; x4 upsampling; max-normalisation; tau_b 0.25; arg-max) makes the labels, which
 are scored against the masks. With the boundary as contour the result bounds what stages 5-6 can
 give with a perfect segmentation branch; without it, it shows how far the propagation alone blurs.
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("manifest")
     parser.add_argument("--split", default="train")
     parser.add_argument("--exp-times", type=int, nargs="+", default=[0, 2, 4])
+    parser.add_argument("--radius", type=int, default=5, help="propagation radius (pseudo_labels.radius)")
     args = parser.parse_args()
     manifest = Manifest.load(args.manifest)
     spec = DatasetSpec(root=args.root, classes=tuple(manifest.classes))
@@ -44,8 +45,9 @@ def main() -> None:
         thin = ((fg > 0) & (fg < 1)).astype(np.float32)
         for t, c in settings:
             contour = thin if c == "thin_boundary" else np.zeros((h4, w4), np.float32)
-            cms[(t, c)].update(synthesize_label(scores, keys, contour, (h, w), 5, 10, t, 0.25, normalize=True), mask)
-    print(json.dumps({f"exp_times={t} contour={c}": round(cm.miou(), 4) for (t, c), cm in cms.items()}))
+            cms[(t, c)].update(synthesize_label(scores, keys, contour, (h, w), args.radius, 10, t, 0.25,
+                                                        normalize=True), mask)
+    print(json.dumps({f"radius={args.radius} exp_times={t} contour={c}": round(cm.miou(), 4) for (t, c), cm in cms.items()}))
 
 
 if __name__ == "__main__":
