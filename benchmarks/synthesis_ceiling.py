@@ -15,6 +15,7 @@ import json
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
 from sance_core.eval.metrics import ConfusionMatrix
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--exp-times", type=int, nargs="+", default=[0, 2, 4])
     parser.add_argument("--radius", type=int, default=5, help="propagation radius (pseudo_labels.radius)")
+    parser.add_argument("--boundary-width", type=int, default=0,
+                        help="dilate the boundary cells this many times (8-neighbour): closes diagonal gaps")
     args = parser.parse_args()
     manifest = Manifest.load(args.manifest)
     spec = DatasetSpec(root=args.root, classes=tuple(manifest.classes))
@@ -42,12 +45,15 @@ def main() -> None:
         cells = pad.reshape(h4, 4, w4, 4)
         scores = np.stack([(cells == k).mean(axis=(1, 3)) for k in keys]).astype(np.float32)
         fg = (cells != 0).mean(axis=(1, 3))  # void counts as object border
-        thin = ((fg > 0) & (fg < 1)).astype(np.float32)
+        thin = (fg > 0) & (fg < 1)
+        if args.boundary_width > 0:
+            thin = ndimage.binary_dilation(thin, np.ones((3, 3), bool), iterations=args.boundary_width)
+        thin = thin.astype(np.float32)
         for t, c in settings:
             contour = thin if c == "thin_boundary" else np.zeros((h4, w4), np.float32)
             cms[(t, c)].update(synthesize_label(scores, keys, contour, (h, w), args.radius, 10, t, 0.25,
                                                         normalize=True), mask)
-    print(json.dumps({f"radius={args.radius} exp_times={t} contour={c}": round(cm.miou(), 4) for (t, c), cm in cms.items()}))
+    print(json.dumps({f"radius={args.radius} width={args.boundary_width} exp_times={t} contour={c}": round(cm.miou(), 4) for (t, c), cm in cms.items()}))
 
 
 if __name__ == "__main__":
