@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--radius", type=int, default=5, help="propagation radius (pseudo_labels.radius)")
     parser.add_argument("--boundary-width", type=int, default=0,
                         help="dilate the boundary cells this many times (8-neighbour): closes diagonal gaps")
+    parser.add_argument("--class-borders", action="store_true",
+                        help="the boundary also between touching objects of different classes")
+    parser.add_argument("--no-normalize", action="store_true", help="tau_b on the raw propagated scores")
     args = parser.parse_args()
     manifest = Manifest.load(args.manifest)
     spec = DatasetSpec(root=args.root, classes=tuple(manifest.classes))
@@ -44,16 +47,22 @@ def main() -> None:
         pad[:h, :w] = mask
         cells = pad.reshape(h4, 4, w4, 4)
         scores = np.stack([(cells == k).mean(axis=(1, 3)) for k in keys]).astype(np.float32)
-        fg = (cells != 0).mean(axis=(1, 3))  # void counts as object border
-        thin = (fg > 0) & (fg < 1)
+        if args.class_borders:  # every cell holding two labels (object-background, class-class, void)
+            flat = cells.transpose(0, 2, 1, 3).reshape(h4, w4, 16)
+            thin = flat.min(axis=2) != flat.max(axis=2)
+        else:  # object-background cells only (void counts as object border)
+            fg = (cells != 0).mean(axis=(1, 3))
+            thin = (fg > 0) & (fg < 1)
         if args.boundary_width > 0:
             thin = ndimage.binary_dilation(thin, np.ones((3, 3), bool), iterations=args.boundary_width)
         thin = thin.astype(np.float32)
         for t, c in settings:
             contour = thin if c == "thin_boundary" else np.zeros((h4, w4), np.float32)
             cms[(t, c)].update(synthesize_label(scores, keys, contour, (h, w), args.radius, 10, t, 0.25,
-                                                        normalize=True), mask)
-    print(json.dumps({f"radius={args.radius} width={args.boundary_width} exp_times={t} contour={c}": round(cm.miou(), 4) for (t, c), cm in cms.items()}))
+                                                        normalize=not args.no_normalize), mask)
+    print(json.dumps({f"radius={args.radius} width={args.boundary_width} normalize={not args.no_normalize} "
+                      f"class_borders={args.class_borders} "
+                      f"exp_times={t} contour={c}": round(cm.miou(), 4) for (t, c), cm in cms.items()}))
 
 
 if __name__ == "__main__":
