@@ -53,7 +53,7 @@ scattergather:
 # Small jobs (seconds, little memory) run inside the Snakemake process instead of as their own
 # cluster job: shard lists, summaries, the ablation table and the report figures. Under the SLURM
 # profile this saves one sbatch submission (and two Snakemake start-ups) each; locally it changes nothing.
-localrules: shard_ids, summarize, ablation_table, ablation, figure_qualitative, figure_iou_bars, figure_pr_curves, figure_training_curves
+localrules: shard_ids, summarize, ablation_table, ablation, figure_qualitative, figure_iou_bars, figure_pr_curves, figure_training_curves, figure_epoch_miou
 
 
 include: "workflow/rules/common.smk"

@@ -95,6 +95,10 @@ def _demo(p: argparse.ArgumentParser):
     p.add_argument("--n-val", type=int)
     p.add_argument("--preview", nargs="?", const="demo_preview.png", metavar="PNG",
                    help="also (or, with an existing root, only) render a picture of samples with masks")
+    p.add_argument("--stats", action="store_true",
+                   help="print the dataset's statistics (foreground fraction, objects per image, object size "
+                        "in stride-4 grid cells, discriminative-part fraction, class co-occurrence)")
+    p.add_argument("--split", choices=("train", "val"), help="--stats of one split only (default: all images)")
 
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
@@ -113,6 +117,10 @@ def _demo(p: argparse.ArgumentParser):
         if args.preview:
             render_preview(root, Path(args.preview))
             log.info("preview written to %s", args.preview)
+        if args.stats:
+            from sance_core.data.demo import demo_statistics, format_statistics
+
+            print(format_statistics(demo_statistics(root, args.split)))
         return 0
     return run
 

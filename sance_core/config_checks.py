@@ -83,6 +83,28 @@ RANGE_KEYS = (
 )
 
 
+BASE_MODES = ("irnet", "sance_naive", "sance")
+
+
+def _mode_errors(config: Mapping[str, Any], modes: list[str]) -> list[str]:
+    """Modes that are neither a base mode nor a mode_options row with a base; maps a base cannot make."""
+    errors: list[str] = []
+    options = _get(config, "mode_options") or {}
+    for mode in modes:
+        base = (options.get(mode) or {}).get("base", mode)
+        if base not in BASE_MODES:
+            errors.append(f"config key modes: {mode!r} is not one of {', '.join(BASE_MODES)}; a Table 1 row "
+                          f"needs mode_options.{mode}.base (one of {', '.join(BASE_MODES)})")
+        elif base == "irnet" and (options.get(mode) or {}).get("map") == "seg":
+            errors.append(f"config key mode_options.{mode}.map: 'seg' needs a segmentation branch, "
+                          "which base 'irnet' has not (allowed: cam)")
+    for mode in _get(config, "segmentation.modes") or []:
+        if mode != "fully_supervised" and mode not in modes:
+            errors.append(f"config key segmentation.modes: {mode!r} is not in modes ({', '.join(modes)}) "
+                          "nor 'fully_supervised'")
+    return errors
+
+
 def relation_errors(config: Mapping[str, Any]) -> list[str]:
     """Every violated constraint between two config keys, each naming the keys and values."""
     errors: list[str] = []
@@ -103,7 +125,9 @@ def relation_errors(config: Mapping[str, Any]) -> list[str]:
     if modes is not None and not modes and seg_modes is not None and not seg_modes:  # None: the (non-empty) default
         errors.append("config keys modes and segmentation.modes are both empty: the ablation table needs "
                       "at least one mode (modes: irnet, sance_naive, sance; segmentation.modes: also fully_supervised)")
-    if ("sance" in (modes or ["sance"]) and _get(config, "sance.online.refine") == "saliency"
+    mode_list = list(BASE_MODES) if modes is None else list(modes)  # None: the schema's default
+    errors += _mode_errors(config, mode_list)
+    if ("sance" in mode_list and _get(config, "sance.online.refine") == "saliency"
             and not _get(config, "sance.online.saliency_dir")):
         errors.append("config key sance.online.saliency_dir: required when sance.online.refine is 'saliency'")
     return errors

@@ -50,7 +50,11 @@ NOT_IN_SECTION = {"dataset", "split", "mode", "seed", "device", "workers", "resu
                   "label_source", "backbone@CAMConfig", "backbone@PredictConfig", "tau_b@EvalConfig",
                   "align@PasteConfig",
                   # CRFConfig.gt_prob: the unary of a hard label (seeds only); these CRFs refine probabilities
-                  "sance.online.crf.gt_prob", "segmentation.crf_params.gt_prob"}
+                  "sance.online.crf.gt_prob", "segmentation.crf_params.gt_prob",
+                  # Fig. 5's synthesis settings: the workflow fills them from the mode and pseudo_labels
+                  "sance.epoch_eval.map", "sance.epoch_eval.scale", "sance.epoch_eval.radius",
+                  "sance.epoch_eval.beta", "sance.epoch_eval.exp_times", "sance.epoch_eval.tau_b",
+                  "sance.epoch_eval.normalize_seg"}
 
 
 def schema(section: str) -> dict:

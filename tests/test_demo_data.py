@@ -179,3 +179,56 @@ def test_discriminative_part_is_small() -> None:
 def test_config_validation(bad: dict) -> None:
     with pytest.raises(ValueError):
         DemoDataConfig(**bad)
+
+
+def test_statistics_in_the_stated_ranges(tmp_path: Path) -> None:
+    """VOC's statistics (module docstring) hold on a small set: 20-35 % foreground (a wider
+    15-40 % for 40 images), 1-3 objects, objects a quarter to about the whole shorter side,
+    a head of 5-35 % of the object, every body kind, co-occurring partners together."""
+    root = tmp_path / "ds"
+    generate_demo_dataset(DemoDataConfig(seed=5, n_train=32, n_val=8), root)
+    stats = demo.demo_statistics(root)
+    assert stats["images"] == 40 and stats["objects"] >= 40
+    assert 0.15 <= stats["foreground_fraction"] <= 0.40
+    assert 1.3 <= stats["objects_per_image"] <= 2.5
+    assert set(stats["objects_per_image_histogram"]) <= {"1", "2", "3"}
+    p10, p50, p90 = stats["extent_side"]
+    assert 0.25 <= p10 and 0.5 <= p50 <= 0.85 and p90 <= 1.0
+    assert stats["extent_cells"] == pytest.approx([v / 4 for v in stats["extent_px"]], abs=1e-3)
+    assert 0.05 <= stats["part_fraction"][0] and stats["part_fraction"][2] <= 0.35
+    assert all(v > 0 for v in stats["body_kinds"].values()) and len(stats["body_kinds"]) == 3
+    assert stats["evidence_fraction"][2] == 1.0 and stats["evidence_fraction"][0] < 0.35
+    cooc = np.array(stats["cooccurrence"])
+    assert (cooc == cooc.T).all() and cooc.shape == (5, 5)
+    # partners (lamp-robot; bird, snail, cactus) co-occur more often than the other pairs
+    off = cooc - np.diag(np.diag(cooc))
+    partners = off[1, 2] + off[0, 3] + off[0, 4] + off[3, 4]
+    others = off.sum() / 2 - partners
+    assert partners > others
+    # the split statistics partition the images; the text report names every class
+    tr, va = demo.demo_statistics(root, "train"), demo.demo_statistics(root, "val")
+    assert tr["images"] + va["images"] == 40 and tr["objects"] + va["objects"] == stats["objects"]
+    text = demo.format_statistics(stats)
+    assert all(name in text for name in DEMO_CLASSES[1:]) and "stride-4 cells" in text
+
+
+def test_objects_tsv_matches_masks(small_root: Path) -> None:
+    """objects.tsv's visible pixels per class add up to the mask's pixels plus its void band."""
+    rows = [r.split("\t") for r in (small_root / "objects.tsv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    assert header[:3] == ["id", "class", "pixels"]
+    for img_id in _ids(small_root, "train"):
+        label = read_label_png(small_root / "SegmentationClass" / f"{img_id}.png")
+        for cls in range(1, len(DEMO_CLASSES)):
+            rec = sum(int(r[2]) for r in rows if r[0] == img_id and int(r[1]) == cls)
+            inside = int((label == cls).sum())
+            assert inside <= rec <= inside + int((label == IGNORE_INDEX).sum())
+            assert (rec > 0) == (inside > 0)
+
+
+def test_cli_stats(small_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sance_core.cli import main
+
+    assert main(["demo-data", str(small_root), "--stats", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert f"images {SMALL.n_val}," in out and "co-occurrence" in out

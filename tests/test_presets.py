@@ -344,8 +344,11 @@ def paper_values(dataset: str) -> dict:
             "poly_power": 0.9, "grad_clip": 0, "contour_radius": 10, "contour_power": 1,
             "loss_weights": {"cam_contour": 1, "cam_seg": 1, "online_contour": 1, "online_seg": 1},
             "online": {"radius": 3, "beta": 10, "exp_times": 8, "tau_b": 0.25, "normalize": True, "warmup": 0.0,
-                       "refine": "crf", "refine_contour": True, "refine_seg": False},
+                       "refine": "crf", "refine_contour": True, "refine_seg": False,
+                       # IRNet's CRF widths (3 / 50 image pixels) / 4 on the stride-4 grid
+                       "crf": {"gauss_sxy": 1.0, "bilateral_sxy": 12.5}},
             "paste": {"enabled": True},
+            "epoch_eval": {"images": 0},  # Fig. 5 is an analysis, not part of a run
         },
         "pseudo_labels": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True, "radius": 5, "beta": 10, "exp_times": 8,
                           "tau_b": 0.25, "normalize_seg": True,
@@ -418,12 +421,16 @@ def test_no_demo_value_reaches_a_preset(dataset):
 
 
 def test_the_old_leak_is_caught():
-    """sance.scale_range: the demo's [1.5, 2.5] reached VOC runs when the preset did not set it."""
-    preset = load(PRESETS / "voc12.yaml")
-    del preset["sance"]["scale_range"]
+    """A demo value that a preset does not restate reaches the merged config, and the comparison sees it.
+
+    The old config.yaml set sance.scale_range [1.5, 2.5] for the demo and voc12.yaml did not
+    set it: a VOC run trained on magnified crops."""
     from snakemake.utils import update_config
 
+    preset = load(PRESETS / "voc12.yaml")
+    preset["sance"].pop("scale_range", None)
     config = load(REPO / "config.yaml")
+    config["sance"]["scale_range"] = [1.5, 2.5]  # the old demo departure
     update_config(config, preset)
     assert config["sance"]["scale_range"] == [1.5, 2.5]
     assert not same(config["sance"]["scale_range"], paper_values("voc12")["sance"]["scale_range"])

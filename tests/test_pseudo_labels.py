@@ -300,7 +300,11 @@ def test_tiny_run_of_the_three_modes_and_param_isolation(workdir, tiny_config, t
         pngs = sorted((workdir / f"results/tiny/{mode}/pseudo_labels/png").glob("*.png"))
         assert len(pngs) == 12 and Image.open(pngs[0]).mode == "P"
         model_dir = workdir / f"results/tiny/{mode}/sance_model"
-        assert json.loads((model_dir / "config.json").read_text())["seg_branch"] == (mode != "irnet")
+        model_config = json.loads((model_dir / "config.json").read_text())
+        assert model_config["seg_branch"] == (mode != "irnet")
+        assert model_config["output_stride"] == (16 if mode == "irnet" else 8)  # Table 1: the baseline at 16
+        history = (model_dir / "history.csv").read_text().splitlines()
+        assert "pseudo_miou" in history[0].split(",")  # Fig. 5: the end-of-epoch evaluation (tiny: 1 epoch)
         assert (model_dir / "curve.png").stat().st_size > 0
         assert (workdir / f"benchmarks/tiny/train_sance_{mode}.tsv").exists()
         assert (workdir / f"logs/tiny/make_pseudo_labels_{mode}_1-of-2.log").exists()

@@ -245,3 +245,20 @@ def test_tiny_pipeline_report(workdir, tiny_config):
         assert pngs[f"{f}.png"] == (workdir / "results/tiny/figures" / f"{f}.png").read_bytes(), f
     modes = [line.split("\t")[0] for line in (workdir / "results/tiny/ablation.tsv").read_text().splitlines()[1:]]
     assert modes[:3] == ["irnet", "sance_naive", "sance"] and "fully_supervised" in modes
+
+
+def test_epoch_miou_figure_reads_the_end_of_epoch_rows(tmp_path):
+    from sance_core.stages.figures import EpochMIoUConfig, epoch_miou_points, run_epoch_miou
+
+    rows = [{"step": 1, "epoch": 1, "loss": 1.0}, {"step": 2, "epoch": 1, "loss": 0.9, "pseudo_miou": 0.3},
+            {"step": 3, "epoch": 2, "loss": 0.8}, {"step": 4, "epoch": 2, "loss": 0.7, "pseudo_miou": 0.35}]
+    assert epoch_miou_points(rows) == [(1, 0.3), (2, 0.35)]
+    paths = {}
+    for mode in ("irnet", "sance"):
+        path = tmp_path / f"{mode}.csv"
+        cols = ["step", "epoch", "loss", "pseudo_miou"]
+        path.write_text(",".join(cols) + "\n" + "\n".join(",".join(str(r.get(c, "")) for c in cols) for r in rows))
+        paths[f"history__{mode}"] = str(path)
+    out = tmp_path / "fig5.png"
+    run_epoch_miou(EpochMIoUConfig(), paths, {"png": str(out)})
+    assert out.stat().st_size > 0

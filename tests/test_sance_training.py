@@ -231,3 +231,60 @@ def test_training_resumes_to_the_same_weights(tmp_path):
 def test_config_errors_name_the_key(override, key):
     with pytest.raises((ConfigError, ValueError), match=key):
         _cfg(**override)
+
+
+def test_end_of_epoch_hook_runs_once_per_epoch_and_leaves_training_unchanged(tmp_path):
+    ds, ids, tags, seeds = _tiny_set(tmp_path)
+    common = {"dataset": ds, "mode": "sance", "crop_size": 32, "batch_size": 2, "epochs": 2}
+    data = SanceData(_cfg(**common), ids, tags, [str(seeds)])
+    plain, _ = train(_cfg(**common), data)
+    calls = []
+
+    def hook(epoch, model):
+        calls.append((epoch, model.training))
+        return {"pseudo_miou": 0.1 * epoch}
+
+    from sance_core.engine.training import History
+    history = History(tmp_path / "h.csv")
+    hooked, metrics = train(_cfg(**common), data, history=history, on_epoch_end=hook)
+    assert calls == [(1, True), (2, True)]
+    assert metrics["pseudo_miou"] == pytest.approx(0.2)
+    marked = [(r["epoch"], r["pseudo_miou"]) for r in history.rows if "pseudo_miou" in r]
+    assert marked == [(1.0, pytest.approx(0.1)), (2.0, pytest.approx(0.2))]
+    for (k, a), b in zip(plain.state_dict().items(), hooked.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_epoch_evaluator_scores_the_stage_6_pseudo_labels(tmp_path):
+    from sance_core.data.dataset import DatasetSpec
+    from sance_core.io.palette import save_label_png
+    from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
+    from sance_core.eval.metrics import ConfusionMatrix
+    from sance_core.stages.pseudo_labels import predict_maps, synthesize_label
+
+    ds, ids, tags, seeds = _tiny_set(tmp_path)
+    (Path(ds["root"]) / "SegmentationClass").mkdir()
+    masks = {}
+    for i, image_id in enumerate(ids):
+        mask = np.zeros((36 + 4 * i, 44), np.uint8)
+        mask[18:32, 8:32] = 1 + i % 2
+        save_label_png(mask, Path(ds["root"]) / "SegmentationClass" / f"{image_id}.png")
+        masks[image_id] = mask
+    cfg = _cfg(dataset=ds, mode="sance", crop_size=32, batch_size=2, epochs=1)
+    model, _ = train(cfg, SanceData(cfg, ids, tags, [str(seeds)]))
+    tag_lists = {i: [1 + k % 2] for k, i in enumerate(ids)}
+    ecfg = EpochEvalConfig(images=3, map="seg", scale=1.0, radius=5, beta=10, exp_times=2, tau_b=0.25)
+    evaluator = EpochEvaluator(ecfg, from_dict(DatasetSpec, ds), ids, tag_lists)
+    got = evaluator(1, model.train())
+    assert model.training
+    cm = ConfusionMatrix(3)
+    model.eval()
+    for image_id in ids[:3]:
+        image = np.asarray(Image.open(Path(ds["root"]) / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+        contour, seg = predict_maps(model, image, (1.0,), flip=False)
+        keys = tag_lists[image_id]
+        label = synthesize_label(seg[keys], keys, contour, masks[image_id].shape, 5, 10, 2, 0.25, normalize=True)
+        cm.update(label, masks[image_id])
+    assert got["pseudo_miou"] == pytest.approx(cm.miou())
+    with pytest.raises(ValueError, match="epoch_eval.map"):
+        EpochEvalConfig(map="crf")

@@ -12,6 +12,7 @@ from sance_core.stages.summary import (
     AblationConfig,
     SummaryConfig,
     SummaryError,
+    mode_title,
     run_ablation,
     run_summary,
 )
@@ -95,7 +96,9 @@ def test_ablation_table_rows_in_mode_order(tmp_path):
     summaries = []
     for mode in MODES:
         out = {"json": tmp_path / mode / "summary.json", "tsv": tmp_path / mode / "summary.tsv"}
-        run_stage("summarize", {"mode": mode, "tau_b": 0.25}, inputs[mode], out)
+        table1 = {} if mode == "fully_supervised" else {"base": mode, "output_stride": 16 if mode == "irnet" else 8,
+                                                       "tta": mode != "irnet"}
+        run_stage("summarize", {"mode": mode, "tau_b": 0.25, **table1}, inputs[mode], out)
         summaries.append(str(out["json"]))
     out = {"tsv": tmp_path / "ablation.tsv", "md": tmp_path / "ablation.md"}
     run_stage("ablation_table", {"modes": list(MODES), "title": "tiny"}, {"summaries": summaries}, out)
@@ -106,9 +109,10 @@ def test_ablation_table_rows_in_mode_order(tmp_path):
     assert [r["segmentation_miou"] for r in rows] == ["0.5000", "0.5100", "0.5200", "0.5300"]
     assert rows[-1]["contour_ods"] == "" and rows[0]["contour_ods"] == "0.3000"
     md = out["md"].read_text()
-    assert "| SANCE | seg | 59.0 | 52.0 | 50.0 |" in md
-    assert "| baseline (IRNet) | cam | 55.0 |" in md
-    assert "| fully supervised (GT masks) | – | – | 53.0 | – |" in md
+    assert "| SANCE | 8 | seg | yes | 59.0 | 52.0 | 50.0 |" in md
+    assert "| baseline (IRNet) | 16 | cam | no | 55.0 |" in md
+    assert "| fully supervised (GT masks) | – | – | – | – | 53.0 | – |" in md
+    assert [r["output_stride"] for r in rows] == ["16", "8", "8", ""] and rows[0]["tta"] == "False"
     assert [r["pseudo_label_map"] for r in rows] == ["cam", "seg", "seg", ""]
     # a summary under the wrong mode is refused
     with pytest.raises(SummaryError, match="belongs to mode"):
@@ -136,3 +140,9 @@ def test_null_metrics_stay_empty(tmp_path):
     out = {"json": tmp_path / "x.json", "tsv": tmp_path / "x.tsv"}
     run_summary(SummaryConfig(mode="sance"), inputs, out)
     assert json.loads(out["json"].read_text())["segmentation_miou"] is None
+
+
+def test_a_table1_row_is_named_after_its_base_mode():
+    assert mode_title({"mode": "sance_tta", "base": "sance"}) == "SANCE (sance_tta)"
+    assert mode_title({"mode": "irnet"}) == "baseline (IRNet)"
+    assert mode_title({"mode": "other"}) == "other"

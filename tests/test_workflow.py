@@ -72,3 +72,47 @@ def test_bad_dataset_stops_at_validation_with_the_file_named(workdir, tiny_confi
     log = (workdir / "logs/tiny/validate_dataset.log").read_text()
     assert victim.name in log and "unreadable" in log
     assert not (workdir / "results/tiny/manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_oracle_seeds_run_in_their_own_folder(workdir, tiny_config, tmp_path):
+    """seeds.source oracle: seeds from the masks under results/tiny/oracle_<corruption>/, no classifier needed."""
+    clean = tmp_path / "oracle.yaml"
+    clean.write_text(yaml.safe_dump({"seeds": {"source": "oracle", "oracle": {"unknown": 0}}}))
+    folder = "results/tiny/oracle_core1_leak0_false0_unk0"
+    run_snakemake(workdir, f"{folder}/eval/seeds.json", "--cores", "2", "--configfile", str(tiny_config),
+                  "--configfile", str(clean))
+    seeds = json.loads((workdir / f"{folder}/eval/seeds.json").read_text())
+    assert seeds["precision"] == 1.0 and seeds["coverage"] == 1.0  # the clean oracle is the mask itself
+    assert not (workdir / "results/tiny/classifier").exists() and not (workdir / "results/tiny/seeds").exists()
+    assert (workdir / "results/tiny/manifest.json").exists()  # the dataset is shared with CAM runs
+    # another corruption is another folder; the CAM run's seeds are planned under results/tiny/seeds
+    noisy = tmp_path / "noisy.yaml"
+    noisy.write_text(yaml.safe_dump({"seeds": {"source": "oracle", "oracle": {"core": 0.5, "leak": 2}}}))
+    plan = run_snakemake(workdir, "-n", "all", "--configfile", str(tiny_config), "--configfile", str(noisy))
+    assert "results/tiny/oracle_core0.5_leak2_false0_unk4/seeds/1-of-2.h5" in plan.stdout
+    cam_plan = run_snakemake(workdir, "-n", "all", "--configfile", str(tiny_config))
+    assert "results/tiny/seeds/1-of-2.h5" in cam_plan.stdout and "results/tiny/oracle_" not in cam_plan.stdout
+
+
+def test_table1_preset_plans_every_row(workdir):
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", str(REPO / "workflow/presets/table1.yaml"))
+    out = proc.stdout
+    assert out.count("rule train_sance:") == 6 and out.count("rule train_segmenter:") == 7
+    for mode in ("sance_naive_s16_cam", "sance_naive_cam", "sance_tta"):
+        assert f"results/demo/{mode}/pseudo_labels/png" in out
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"modes": ["irnet", "mystery"]}, "mode_options.mystery.base"),
+    ({"modes": ["irnet_seg"], "mode_options": {"irnet_seg": {"base": "irnet", "map": "seg"}}},
+     "mode_options.irnet_seg.map"),
+    ({"mode_options": {"sance": {"output_stride": 32}}}, "32"),
+    ({"segmentation": {"modes": ["fully_supervised", "sance_tta"]}}, "segmentation.modes"),
+])
+def test_table1_row_mistakes_name_the_key(workdir, tmp_path, override, key):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(override))
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0 and key in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]

@@ -1,14 +1,26 @@
 """Embedded demo dataset: synthetic photos with image tags and VOC-style masks.
 
 Why it exists: the workflow must run end to end on a laptop without downloads, and the
-numbers it produces on the demo data should mean something. So the generator models the
-situation SANCE was designed for rather than an easy toy:
+numbers it produces on the demo data should mean something. So the generator is a miniature
+of PASCAL VOC at a quarter of its image size (VOC images are about 500 x 375 px, the demo's
+88-128 px; ``sance demo-data --stats`` prints the statistics below):
 
-* every object has a SMALL class-specific part (a saturated, patterned "head") and a LARGER
-  body whose texture distribution is SHARED by all classes, so a classifier's CAM fires on the
-  head first and there is a visible intra-object edge between head and body;
+* objects span a quarter to three quarters of the shorter image side and cover 20-35 % of the
+  labelled pixels (VOC: about 25 %), so an object is 7-24 cells wide on the stride-4 grid
+  (VOC: about 4x that);
+* every object has a class-specific part (a saturated, patterned "head") and a LARGER body
+  whose texture distribution is SHARED by all classes and by headless background distractors,
+  so a classifier's CAM fires on the head first;
+* how much of an object carries class evidence varies per instance, as on VOC: the head's
+  colour is strong or faint, the body is plain (shared texture), tinted with the class colour
+  or faintly patterned with the class pattern, and the border between head and body (and a
+  second part border splitting the body into two shades) is strong, weak or barely visible.
+  These intra-object part borders are what CAM seeds sometimes span and what a boundary
+  model must learn are not object boundaries;
 * 1..``max_objects`` objects with scale variation, occlusion (later objects cover earlier ones,
-  masks follow), truncation at the image border, pairs of the same and of different classes;
+  masks follow), truncation at the image border, pairs of the same class and of classes that
+  co-occur (lamp with robot; bird, snail and cactus with each other), as person and bicycle
+  do on VOC;
 * cluttered backgrounds: smooth gradients, band-limited noise, lines, stripes, rectangles,
   blobs, and distractor blobs textured like the shared body but without a head (background in
   the mask), soft shadows, lighting gradients, sensor noise and JPEG compression;
@@ -18,11 +30,15 @@ The generator is fixed before any method is measured on it and is not tuned to a
 Everything is drawn from ``numpy.random.Generator(PCG64)`` streams derived from the seed, so
 the same config gives bit-identical files; the dataset is written into a temporary sibling
 folder and renamed into place, so a crash never leaves a complete-looking partial dataset.
+Besides the VOC layout the generator writes ``objects.tsv`` (one row per object: visible size,
+visible class-part pixels, body evidence, part-border strengths), the instance-level record
+that ``demo_statistics`` reads.
 """
 
 from __future__ import annotations
 
 import colorsys
+import json
 import logging
 import math
 import os
@@ -55,8 +71,8 @@ class DemoDataConfig:
     seed: int = 0
     n_train: int = 160
     n_val: int = 48
-    min_side: int = 96  # image sides drawn per image in [min_side, max_side], non-square
-    max_side: int = 160
+    min_side: int = 88  # image sides drawn per image in [min_side, max_side], non-square
+    max_side: int = 128  # VOC's sides (about 333-500 px) at a quarter
     void_width: int = 2  # width in px of the 255 band along object borders in masks
     max_objects: int = 3
     jpeg_quality: int = 92
@@ -336,16 +352,28 @@ class _ImagePlan:
     scales: tuple[float, ...]  # object extent as a fraction of the shorter image side
 
 
+# classes that co-occur (as person and bicycle on VOC): a further object is one of the first
+# one's partners with p = _P_PARTNER; lamp-robot is a pair, bird-snail-cactus a triangle, so
+# every class is drawn as a partner equally often
+_PARTNERS: dict[int, tuple[int, ...]] = {1: (4, 5), 4: (1, 5), 5: (1, 4), 2: (3,), 3: (2,)}
+_P_SAME, _P_PARTNER = 0.25, 0.5
+# object extent as a fraction of the shorter image side (VOC: a quarter to three quarters and
+# more, 0.63-1.0 for most single objects of voc-mini); shrunk a little per extra object
+_EXTENT = (0.6, 1.3)
+_EXTENT_SHRINK = 0.12
+
+
 def _plan_images(cfg: DemoDataConfig) -> list[_ImagePlan]:
     """Sizes and object classes of all images (train first, then val).
 
-    Classes come from a shuffled deck of the 5 classes, refilled when empty, so class
-    frequencies stay balanced; a second object repeats the first one's class with p=0.3
-    (same-class pairs), otherwise the objects have distinct classes.
+    The first class comes from a shuffled deck of the 5 classes, refilled when empty, so class
+    frequencies stay balanced; a further object repeats the first one's class with p=0.25
+    (same-class pairs), is one of its co-occurring partners (``_PARTNERS``) with p=0.5, and is
+    another class otherwise. 45 % of the images hold one object, 35 % two, 20 % three.
     """
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     n_cls = len(DEMO_CLASSES) - 1
-    weights = np.array([0.4, 0.4, 0.2] + [0.1] * max(0, cfg.max_objects - 3))[: cfg.max_objects]
+    weights = np.array([0.45, 0.35, 0.2] + [0.1] * max(0, cfg.max_objects - 3))[: cfg.max_objects]
     weights = weights / weights.sum()
     deck: list[int] = []
 
@@ -369,13 +397,18 @@ def _plan_images(cfg: DemoDataConfig) -> list[_ImagePlan]:
         k = int(rng.choice(np.arange(1, cfg.max_objects + 1), p=weights))
         classes = [draw(set())]
         for _ in range(k - 1):
-            if rng.random() < 0.3:
+            r = rng.random()
+            if r < _P_SAME:
                 classes.append(classes[0])
+            elif r < _P_SAME + _P_PARTNER:
+                partners = _PARTNERS[classes[0]]
+                classes.append(partners[int(rng.integers(len(partners)))])
             else:
-                classes.append(draw(set(classes)))
+                classes.append(draw(set(classes) | set(_PARTNERS[classes[0]])))
         order = rng.permutation(k)
         classes = [classes[i] for i in order]
-        scales = np.exp(rng.uniform(np.log(0.22), np.log(0.6), size=k)) * (1.0 - 0.08 * (k - 1))
+        lo, hi = _EXTENT
+        scales = np.exp(rng.uniform(np.log(lo), np.log(hi), size=k)) * (1.0 - _EXTENT_SHRINK * (k - 1))
         plans.append(_ImagePlan(hgt, wid, tuple(classes), tuple(float(s) for s in scales)))
     return plans
 
@@ -542,16 +575,81 @@ def _void_band(inst: np.ndarray, width: int) -> np.ndarray:
     return band
 
 
-def _render_image(rng: np.random.Generator, plan: _ImagePlan, void_width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One RGB uint8 image and its uint8 class mask (0 background, 1..5, 255 void)."""
+BODY_KINDS: tuple[str, ...] = ("plain", "tinted", "patterned")
+_P_BODY = (0.5, 0.3, 0.2)  # per instance: how the body carries class evidence
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """How much class evidence one instance shows, and how strong its part borders are."""
+
+    head_strength: float  # 0..1: blend of the class head over the shared body texture
+    body: str  # one of BODY_KINDS
+    body_strength: float  # blend of the class colour / pattern into the body (0 when plain)
+    seam: float  # 0..1 darkening of a 1-px seam on the head-body border (0: none)
+    split: float  # 0..1 shade difference between the body's two parts (an inner part border)
+
+
+def _draw_evidence(rng: np.random.Generator) -> _Evidence:
+    body = BODY_KINDS[int(rng.choice(len(BODY_KINDS), p=_P_BODY))]
+    body_strength = 0.0 if body == "plain" else float(rng.uniform(0.25, 0.6))
+    seam = float(rng.uniform(0.2, 0.6)) if rng.random() < 0.4 else 0.0
+    return _Evidence(
+        head_strength=float(rng.uniform(0.5, 1.0)),
+        body=body,
+        body_strength=body_strength,
+        seam=seam,
+        split=float(rng.uniform(0.0, 0.35)),
+    )
+
+
+def _object_texture(rng: np.random.Generator, p: _Patch, ev: _Evidence) -> np.ndarray:
+    """Texture of one object in its window: shared body, class head, per-instance evidence.
+
+    Part borders inside the object: the head-body border (contrast set by ``head_strength``,
+    optionally a dark seam) and a straight border splitting the body into two shades
+    (``split``), neither of which is an object boundary in the mask.
+    """
+    spec = _SPECS[p.cls - 1]
+    hu, hv = spec.head_centre
+    head_tex = _head_texture(rng, spec, p.ap - hu * p.su, p.bp - hv * p.sv)
+    body_tex = _body_texture(rng, p.ap, p.bp, p.rad)
+    # an inner part border: one side of a line through the body is darker or lighter
+    ang = rng.uniform(0, 2 * np.pi)
+    off = rng.uniform(-0.35, 0.35) * max(p.su, p.sv)
+    side = (np.cos(ang) * p.ap + np.sin(ang) * p.bp) > off
+    body_tex *= np.where(side, 1.0 - ev.split, 1.0)[..., None]
+    if ev.body == "tinted":
+        lum = body_tex.mean(axis=2, keepdims=True)
+        colour = _hsv(spec.hue + rng.uniform(-8, 8), rng.uniform(0.5, 0.85), 1.0)
+        body_tex = (1 - ev.body_strength) * body_tex + ev.body_strength * (1.6 * lum * colour)
+    elif ev.body == "patterned":
+        body_tex = (1 - ev.body_strength) * body_tex + ev.body_strength * head_tex
+    head_tex = ev.head_strength * head_tex + (1 - ev.head_strength) * body_tex
+    tex = np.where(p.head[..., None], head_tex, body_tex)
+    if ev.seam > 0:
+        seam = p.head & (cv2.dilate(p.body.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+        tex[seam] *= 1.0 - ev.seam
+    return tex
+
+
+def _render_image(
+    rng: np.random.Generator, plan: _ImagePlan, void_width: int
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """One RGB uint8 image, its uint8 class mask (0 background, 1..5, 255 void) and one record
+    per object (class, visible pixels and extent, visible head pixels, evidence)."""
     h, w = plan.height, plan.width
     img = _background(rng, h, w)
     patches, centres = _layout(rng, plan)
     inst = np.zeros((h, w), dtype=np.int32)
+    head_map = np.zeros((h, w), dtype=bool)
     cls_map = np.zeros((h, w), dtype=np.uint8)
+    evidence: list[_Evidence] = []
     light = rng.uniform(0, 2 * np.pi)
     sh_dx, sh_dy = math.cos(light), math.sin(light)
     for i, (p, (cy, cx)) in enumerate(zip(patches, centres)):
+        ev = _draw_evidence(rng)
+        evidence.append(ev)
         win = _window(h, w, cy, cx, p.half)
         if win is None:
             continue
@@ -564,17 +662,13 @@ def _render_image(rng: np.random.Generator, plan: _ImagePlan, void_width: int) -
         )
         shadow = cv2.GaussianBlur(m_shift, (0, 0), max(1.0, off / 2)) * rng.uniform(0.2, 0.4)
         img[iwin] *= 1.0 - shadow[pwin][..., None]
-        # texture: shared body + class head, antialiased edges
-        hu, hv = _SPECS[p.cls - 1].head_centre
-        tex = np.where(
-            p.head[..., None],
-            _head_texture(rng, _SPECS[p.cls - 1], p.ap - hu * p.su, p.bp - hv * p.sv),
-            _body_texture(rng, p.ap, p.bp, p.rad),
-        )
+        # texture: shared body + class head with this instance's evidence, antialiased edges
+        tex = _object_texture(rng, p, ev)
         alpha = cv2.GaussianBlur(mask_f, (3, 3), 0.6)
         _blend(img[iwin], alpha[pwin], tex[pwin])
         m = p.mask[pwin]
         inst[iwin][m] = i + 1
+        head_map[iwin][m] = p.head[pwin][m]
         cls_map[iwin][m] = p.cls
 
     # global lighting, slight camera blur, sensor noise
@@ -590,10 +684,33 @@ def _render_image(rng: np.random.Generator, plan: _ImagePlan, void_width: int) -
 
     label = cls_map.copy()
     label[_void_band(inst, void_width)] = IGNORE_INDEX
-    return rgb, label
+    records = []
+    for i, (p, ev) in enumerate(zip(patches, evidence)):
+        vis = inst == i + 1
+        if not vis.any():
+            continue
+        ys, xs = np.nonzero(vis)
+        records.append(
+            {
+                "class": int(p.cls),
+                "pixels": int(vis.sum()),
+                "extent": int(max(np.ptp(ys), np.ptp(xs)) + 1),
+                "head_pixels": int((vis & head_map).sum()),
+                "body": ev.body,
+                "head_strength": round(ev.head_strength, 3),
+                "body_strength": round(ev.body_strength, 3),
+                "seam": round(ev.seam, 3),
+                "split": round(ev.split, 3),
+            }
+        )
+    return rgb, label, records
 
 
 # --------------------------------------------------------------------------- writing
+
+_OBJECT_COLUMNS = (
+    "class", "pixels", "extent", "head_pixels", "body", "head_strength", "body_strength", "seam", "split"
+)
 
 
 def _looks_like_demo(root: Path) -> bool:
@@ -641,9 +758,11 @@ def _write_dataset(cfg: DemoDataConfig, out: Path) -> None:
     streams = np.random.SeedSequence(cfg.seed).spawn(len(plans))
     ids = [f"{_ID_PREFIX}{i + 1:06d}" for i in range(len(plans))]
     labels: list[str] = []
+    objects = ["id\t" + "\t".join(_OBJECT_COLUMNS) + "\n"]
     for img_id, plan, ss in zip(ids, plans, streams):
         rng = np.random.Generator(np.random.PCG64(ss))
-        rgb, label = _render_image(rng, plan, cfg.void_width)
+        rgb, label, records = _render_image(rng, plan, cfg.void_width)
+        objects += [f"{img_id}\t" + "\t".join(str(r[c]) for c in _OBJECT_COLUMNS) + "\n" for r in records]
         Image.fromarray(rgb, mode="RGB").save(
             out / "JPEGImages" / f"{img_id}.jpg",
             format="JPEG",
@@ -660,6 +779,7 @@ def _write_dataset(cfg: DemoDataConfig, out: Path) -> None:
     (out / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{i}\n" for i in val))
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in DEMO_CLASSES))
     (out / "cls_labels.tsv").write_text("".join(labels))
+    (out / "objects.tsv").write_text("".join(objects))
 
 
 # --------------------------------------------------------------------------- preview
@@ -699,3 +819,120 @@ def render_preview(root: Path, out_png: Path, n: int = 8, split: str = "train") 
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
     log.info("preview of %d %s samples written to %s", len(ids), split, out_png)
+
+
+# --------------------------------------------------------------------------- statistics
+
+GRID_STRIDE = 4  # the stride of the boundary/affinity grid the paper's spatial settings live on
+
+
+def demo_statistics(root: Path, split: str | None = None) -> dict:
+    """Statistics of a written demo dataset (all ids, or those of ``split``).
+
+    * ``foreground_fraction``: object pixels / labelled (non-void) pixels, over all masks;
+    * ``objects_per_image``: mean and a histogram of objects (visible instances) per image;
+    * ``classes_per_image``: mean number of distinct classes per image;
+    * ``extent_px`` / ``extent_cells`` / ``extent_side``: percentiles (10, 50, 90) of an object's
+      visible extent (longer bounding-box side) in pixels, in stride-4 grid cells and as a fraction
+      of the image's shorter side;
+    * ``part_fraction``: percentiles of visible class-part (head) pixels / visible object pixels;
+      ``evidence_fraction``: the same with the body counted in when it carries class evidence
+      (tinted or patterned); ``body_kinds``: share of instances per body kind;
+    * ``cooccurrence``: images holding class i and class j (diagonal: images holding class i).
+    """
+    root = Path(root)
+    ids = None
+    if split is not None:
+        ids = set((root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split())
+    names = (root / "classes.txt").read_text().split()
+    n_cls = len(names)
+    fg = lab = 0
+    sides: dict[str, int] = {}
+    cooc = np.zeros((n_cls, n_cls), dtype=np.int64)
+    n_images = 0
+    classes_per_image = []
+    for line in (root / "cls_labels.tsv").read_text().splitlines():
+        img_id, _, tags = line.partition("\t")
+        if ids is not None and img_id not in ids:
+            continue
+        label = read_label_png(root / "SegmentationClass" / f"{img_id}.png")
+        valid = label != IGNORE_INDEX
+        lab += int(valid.sum())
+        fg += int((valid & (label != 0)).sum())
+        sides[img_id] = min(label.shape)
+        present = [int(t) for t in tags.split()]
+        for a in present:
+            for b in present:
+                cooc[a, b] += 1
+        classes_per_image.append(len(present))
+        n_images += 1
+    rows = [r.split("\t") for r in (root / "objects.tsv").read_text().splitlines()[1:]]
+    cols = ("id",) + _OBJECT_COLUMNS
+    rows = [dict(zip(cols, r)) for r in rows if r[0] in sides]
+    per_image = np.bincount([list(sides).index(r["id"]) for r in rows], minlength=n_images)
+    extent = np.array([int(r["extent"]) for r in rows], dtype=np.float64)
+    side = np.array([sides[r["id"]] for r in rows], dtype=np.float64)
+    pix = np.array([int(r["pixels"]) for r in rows], dtype=np.float64)
+    head = np.array([int(r["head_pixels"]) for r in rows], dtype=np.float64)
+    body_kind = np.array([r["body"] for r in rows])
+    evid = np.where(body_kind == "plain", head, pix)
+
+    def pct(x: np.ndarray) -> list[float]:
+        return [round(float(v), 3) for v in np.percentile(x, [10, 50, 90])] if len(x) else []
+
+    return {
+        "images": n_images,
+        "objects": len(rows),
+        "foreground_fraction": round(fg / max(lab, 1), 4),
+        "objects_per_image": round(float(per_image.mean()), 3) if n_images else 0.0,
+        "objects_per_image_histogram": {str(k): int((per_image == k).sum()) for k in range(1, int(per_image.max(initial=0)) + 1)},
+        "classes_per_image": round(float(np.mean(classes_per_image)), 3) if n_images else 0.0,
+        "extent_px": pct(extent),
+        "extent_cells": pct(extent / GRID_STRIDE),
+        "extent_side": pct(extent / side),
+        "part_fraction": pct(head / np.maximum(pix, 1)),
+        "evidence_fraction": pct(evid / np.maximum(pix, 1)),
+        "body_kinds": {k: round(float((body_kind == k).mean()), 3) for k in BODY_KINDS} if len(rows) else {},
+        "classes": names,
+        "cooccurrence": cooc[1:, 1:].tolist(),
+    }
+
+
+def format_statistics(stats: dict) -> str:
+    """The statistics as a short plain-text report (what ``sance demo-data --stats`` prints)."""
+    names = stats["classes"][1:]
+    lines = [
+        f"images {stats['images']}, objects {stats['objects']}",
+        f"foreground fraction of labelled pixels: {100 * stats['foreground_fraction']:.1f} %",
+        (
+            f"objects per image: {stats['objects_per_image']:.2f} (histogram {stats['objects_per_image_histogram']}); "
+            f"classes per image {stats['classes_per_image']:.2f}"
+        ),
+        (
+            "object extent, percentiles 10/50/90: "
+            f"{'/'.join(f'{v:g}' for v in stats['extent_px'])} px = "
+            f"{'/'.join(f'{v:.1f}' for v in stats['extent_cells'])} stride-4 cells = "
+            f"{'/'.join(f'{v:.2f}' for v in stats['extent_side'])} of the shorter image side"
+        ),
+        "discriminative-part (head) fraction of an object, p10/50/90: "
+        + "/".join(f"{v:.2f}" for v in stats["part_fraction"]),
+        "class-evidence fraction (head, plus a tinted/patterned body), p10/50/90: "
+        + "/".join(f"{v:.2f}" for v in stats["evidence_fraction"]),
+        "bodies: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in stats["body_kinds"].items()),
+        "co-occurrence (images holding both classes; diagonal: images holding the class):",
+        " " * 8 + "".join(f"{n:>8s}" for n in names),
+    ]
+    for n, row in zip(names, stats["cooccurrence"]):
+        lines.append(f"{n:>8s}" + "".join(f"{v:8d}" for v in row))
+    return "\n".join(lines)
+
+
+def write_statistics(root: Path, out_json: Path) -> dict:
+    """Write ``demo_statistics`` of every split to ``out_json`` (atomically); return them."""
+    stats = {split: demo_statistics(root, split) for split in ("train", "val")}
+    stats["all"] = demo_statistics(root)
+    out_json = Path(out_json)
+    tmp = out_json.with_name(f".{out_json.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(stats, indent=1))
+    os.replace(tmp, out_json)
+    return stats

@@ -3,6 +3,10 @@
 ``weights`` is ``'imagenet'`` (torchvision's ImageNet state dict of the named ResNet, read from
 torchvision's cache and fetched there once where a network is reachable: ``sance_core.pretrained``),
 a local ``.pth`` state dict, or ``None`` for random init.
+
+Besides torchvision's ResNets, two small ResNets sized for the CPU demo (random init, no ImageNet
+file exists for them): ``resnet10`` (ResNet-18 with one BasicBlock per stage instead of two) and
+``resnet10_w32`` (the same at half width: 32-64-128-256 channels). The presets keep the paper's.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from sance_core.pretrained import resolve_weights
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet10_w32", "resnet10", "resnet18", "resnet34", "resnet50", "resnet101")
+# the small demo ResNets: BasicBlocks per stage and the channels of layer1..layer4
+_SMALL = {"resnet10": ((1, 1, 1, 1), (64, 128, 256, 512)), "resnet10_w32": ((1, 1, 1, 1), (32, 64, 128, 256))}
 # channels of the five stages (stem, layer1..layer4) per architecture
 STAGE_CHANNELS = {
+    "resnet10_w32": (32, 32, 64, 128, 256),
+    "resnet10": (64, 64, 128, 256, 512),
     "resnet18": (64, 64, 128, 256, 512),
     "resnet34": (64, 64, 128, 256, 512),
     "resnet50": (64, 256, 512, 1024, 2048),
@@ -43,13 +51,15 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        builder = getattr(torchvision.models, name)
-        if name in ("resnet18", "resnet34"):
-            net = builder(weights=None)
+        if name in _SMALL:
+            net = _small_resnet(*_SMALL[name])
+            _dilate_basic(net, output_stride)
+        elif name in ("resnet18", "resnet34"):
+            net = getattr(torchvision.models, name)(weights=None)
             _dilate_basic(net, output_stride)
         else:
             dilation = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
-            net = builder(weights=None, replace_stride_with_dilation=dilation)
+            net = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=dilation)
         path = resolve_weights(weights, name)
         if path is not None:
             load_backbone_weights(net, path)
@@ -68,6 +78,32 @@ class ResNetBackbone(nn.Module):
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
         return [f0, f1, f2, f3, f4]
+
+
+def _small_resnet(blocks: tuple[int, ...], widths: tuple[int, ...]) -> nn.Module:
+    """A torchvision ResNet of BasicBlocks with ``blocks`` per stage and ``widths`` channels.
+
+    torchvision's ``ResNet`` hard-codes 64-128-256-512 channels; the layers are rebuilt with
+    ``widths`` (the stem gets ``widths[0]``), initialised as torchvision initialises its ResNets.
+    """
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    net = ResNet(BasicBlock, list(blocks))
+    net.inplanes = widths[0]
+    net.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(widths[0])
+    net.layer1 = net._make_layer(BasicBlock, widths[0], blocks[0])
+    net.layer2 = net._make_layer(BasicBlock, widths[1], blocks[1], stride=2)
+    net.layer3 = net._make_layer(BasicBlock, widths[2], blocks[2], stride=2)
+    net.layer4 = net._make_layer(BasicBlock, widths[3], blocks[3], stride=2)
+    net.fc = nn.Linear(widths[3], 1000)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return net
 
 
 def _dilate_basic(net: nn.Module, output_stride: int) -> None:

@@ -80,6 +80,8 @@ STAGES: dict[str, StageEntry] = {
                                   help="report figure: per-class IoU of CAMs, seeds, pseudo labels and DeepLab per mode"),
     "figure_pr_curves": StageEntry("sance_core.stages.figures", "PRCurvesConfig", "run_pr_curves",
                                    help="report figure: contour precision-recall curves of the modes (ODS marked)"),
+    "figure_epoch_miou": StageEntry("sance_core.stages.figures", "EpochMIoUConfig", "run_epoch_miou",
+                                    help="report figure (paper Fig. 5): pseudo-label mIoU after each SANCE epoch per mode"),
     "figure_training_curves": StageEntry("sance_core.stages.figures", "TrainingCurvesConfig", "run_training_curves",
                                          help="report figure: loss terms of every training stage from history.csv"),
 }

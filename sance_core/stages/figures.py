@@ -429,3 +429,48 @@ def run_training_curves(cfg: TrainingCurvesConfig, inputs: Mapping[str, Any], ou
     """Inputs ``history__<model>`` (any number of ``history.csv``); output ``png``."""
     histories = {history_title(name): read_history(p) for name, p in by_mode(inputs, "history").items()}
     training_curves(histories, outputs["png"], cfg.x, cfg.dpi)
+
+
+# --------------------------------------------------------------------------- Fig. 5: pseudo labels per epoch
+
+
+@dataclass(frozen=True)
+class EpochMIoUConfig:
+    dpi: int = 100
+
+
+def epoch_miou_points(rows: Sequence[Mapping[str, float]]) -> list[tuple[int, float]]:
+    """``(epoch, pseudo_miou)`` of the history rows that carry the end-of-epoch evaluation."""
+    return [(int(r["epoch"]), r["pseudo_miou"]) for r in rows
+            if "pseudo_miou" in r and "epoch" in r and math.isfinite(r["pseudo_miou"])]
+
+
+def epoch_miou_figure(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, dpi: int = 100) -> None:
+    """Paper Fig. 5: pseudo-label mIoU (%) after each SANCE epoch, one line per mode."""
+    fig = _new_figure(4.6, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, pts in curves.items():
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, lw=1.2, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("pseudo-label mIoU (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no per-epoch evaluation (sance.epoch_eval.images: 0)", ha="center",
+                transform=ax.transAxes, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi)
+
+
+def run_epoch_miou(cfg: EpochMIoUConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    """Inputs ``history__<mode>`` (SANCE ``history.csv`` with ``pseudo_miou``); output ``png``."""
+    curves = {MODE_TITLES.get(mode, mode): epoch_miou_points(read_history(p))
+              for mode, p in by_mode(inputs, "history").items()}
+    epoch_miou_figure(curves, outputs["png"], cfg.dpi)

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -46,6 +46,7 @@ from sance_core.io.images import DataError, read_image
 from sance_core.constants import IGNORE_INDEX, MAP_STRIDE
 from sance_core.io.palette import read_label_png
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop, resize_label
+from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
 from sance_core.ops.losses import contour_loss, segmentation_loss
 from sance_core.models.sance import (
     MODEL_KIND,
@@ -171,6 +172,7 @@ class SanceConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
     paste: PasteConfig = field(default_factory=PasteConfig)
     amp: bool = False  # mixed precision (CUDA only)
+    epoch_eval: EpochEvalConfig = field(default_factory=EpochEvalConfig)  # Fig. 5; images 0 = off
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -487,9 +489,17 @@ def _fingerprint(cfg: SanceConfig) -> dict[str, Any]:
     return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "workers", "resume_dir")}
 
 
+EpochHook = Callable[[int, SanceModel], Mapping[str, float]]
+
+
 def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None = None,
-          history: History | None = None, stop_after_step: int | None = None) -> tuple[SanceModel, dict[str, float]]:
-    """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last terms."""
+          history: History | None = None, stop_after_step: int | None = None,
+          on_epoch_end: EpochHook | None = None) -> tuple[SanceModel, dict[str, float]]:
+    """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last terms.
+
+    ``on_epoch_end(epoch, model)`` (1-based epoch) runs after each epoch's last step; what it returns
+    is added to that step's metrics and history row (e.g. ``pseudo_miou``, paper Fig. 5).
+    """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg, classifier_dir).to(device)
@@ -547,6 +557,11 @@ def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None =
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.3f}")
             end_of_epoch = step % steps_per_epoch == 0
+            if end_of_epoch and on_epoch_end is not None:
+                extra = {k: float(v) for k, v in on_epoch_end(epoch + 1, model).items()}
+                metrics.update(extra)
+                if history is not None:
+                    history.rows[-1].update(extra)
             if checkpoints is not None and (end_of_epoch or step == stop_after_step):
                 # history first: a crash between the two leaves an older checkpoint, and a resume keeps
                 # only the history rows up to its step, so both stay consistent
@@ -579,7 +594,13 @@ def run_stage(cfg: SanceConfig, inputs: Mapping[str, Any], outputs: Mapping[str,
             raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     history = History(outputs["history"])
-    model, metrics = train(cfg, data, classifier_dir, history)
+    hook = None
+    if cfg.epoch_eval.images > 0:
+        tags = {i: [int(c) + 1 for c in np.flatnonzero(t)] for i, t in zip(data.ids, data.tags)}
+        cams = inputs.get("cam") or []
+        hook = EpochEvaluator(cfg.epoch_eval, cfg.dataset, data.ids, tags,
+                              [cams] if isinstance(cams, (str, Path)) else list(cams))
+    model, metrics = train(cfg, data, classifier_dir, history, on_epoch_end=hook)
     history.save(outputs["history"])
     columns = [c for c in LOSS_COLUMNS if any(c in r for r in history.rows)]
     history.plot(outputs["curve"], columns, title=f"SANCE ({cfg.mode}, {cfg.backbone})")

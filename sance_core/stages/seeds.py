@@ -8,6 +8,9 @@ IRNet's ``cam_to_ir_label`` semantics, which the paper follows:
 3. combine: the ``fg`` class where it is a foreground class; 0 where both say background;
    255 (unsure) where ``fg`` says background but ``bg`` says foreground.
 
+``source: oracle`` builds the seeds from the ground-truth masks instead (``sance_core.oracle_seeds``,
+a diagnostic of stages 5-6); the artifact is the same, so every later stage reads it unchanged.
+
 The argmax over ``[threshold, cam_1, ..., cam_K]`` picks the first maximum, so a pixel is
 foreground only when its best CAM is strictly above the threshold; it is computed here as a
 ``where`` on the per-pixel maximum (no padded copy of the maps).
@@ -26,9 +29,11 @@ from tqdm import tqdm
 from sance_core.constants import IGNORE_INDEX
 from sance_core.config import to_dict
 from sance_core.ops.crf import CRFConfig, crf_refine_labels
-from sance_core.data.dataset import DatasetSpec
+from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
+from sance_core.data.shards import read_shard
 from sance_core.io.images import DataError, read_image
 from sance_core.io.store import ArtifactReader, ArtifactWriter
+from sance_core.oracle_seeds import OracleConfig, image_rng, oracle_seed
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,14 @@ class SeedConfig:
     bg_threshold: float = 0.05  # paper / IRNet conf_bg_thres
     crf: SeedCRFConfig = field(default_factory=SeedCRFConfig)
     compression: str = "gzip"  # artifacts.compression
+    source: str = "cam"  # cam: Eq. (1) on the CAMs; oracle: from the GT masks (diagnostic)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    split: str = "train"  # oracle only: the manifest split of the shard ids
+    seed: int = 0  # oracle only: seed of the per-image corruption draws
 
     def __post_init__(self) -> None:
+        if self.source not in ("cam", "oracle"):
+            raise ValueError(f"seeds.source must be one of cam, oracle; got {self.source!r}")
         if not 0.0 <= self.bg_threshold <= self.fg_threshold <= 1.0:
             raise ValueError(
                 f"seeds thresholds must satisfy 0 <= bg_threshold <= fg_threshold <= 1, "
@@ -101,8 +112,41 @@ def make_seed(image: np.ndarray | None, cams: np.ndarray, class_keys: Sequence[i
     return combine_confidence(*levels)
 
 
+def run_oracle_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
+    """Inputs ``shard`` (id list) and ``manifest``; output ``seeds`` as :func:`run_stage` writes it,
+    built from the GT masks by :func:`sance_core.oracle_seeds.oracle_seed`. Returns the image count."""
+    manifest = Manifest.load(inputs["manifest"])
+    labels = manifest.labels(cfg.split)
+    ids = read_shard(inputs["shard"])
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise DataError(f"{inputs['shard']}: {len(missing)} id(s) not in split {cfg.split!r} of "
+                        f"{inputs['manifest']}: {missing[:5]}")
+    log.info("oracle seeds of %d images (%s)", len(ids), cfg.oracle.tag())
+    unsure = total = 0
+    with ArtifactWriter(outputs["seeds"], stage="seeds", config=cfg, compression=cfg.compression,
+                        attrs={"source": "oracle", "oracle": to_dict(cfg.oracle)}) as writer:
+        for image_id in tqdm(ids, desc="oracle seeds", unit="img", mininterval=5):
+            _, mask = load_sample(cfg.dataset, image_id)
+            if mask is None:
+                raise DataError(f"{cfg.dataset.mask_path(image_id)}: oracle seeds need the ground-truth mask")
+            keys = [int(k) for k in labels[image_id]]
+            seed = oracle_seed(mask, keys, cfg.oracle, image_rng(cfg.seed, image_id))
+            unsure += int((seed == UNSURE).sum())
+            total += seed.size
+            writer.add(image_id, {"seed": seed}, {"class_keys": np.asarray(keys, dtype=np.int64),
+                                                 "size": np.asarray(seed.shape, dtype=np.int64)})
+    log.info("oracle seeds: %.1f%% of the pixels unsure", 100.0 * unsure / max(total, 1))
+    return len(ids)
+
+
 def run_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
-    """Input ``cam`` (one CAM shard); output ``seeds`` (HDF5, per image ``seed``). Returns the image count."""
+    """Input ``cam`` (one CAM shard); output ``seeds`` (HDF5, per image ``seed``). Returns the image count.
+
+    ``source: oracle``: inputs ``shard`` and ``manifest`` instead (:func:`run_oracle_stage`).
+    """
+    if cfg.source == "oracle":
+        return run_oracle_stage(cfg, inputs, outputs)
     reader = ArtifactReader(inputs["cam"], expect_stage="cam")
     ids = reader.ids()
     crf = cfg.crf if cfg.crf.enabled else None

@@ -34,7 +34,7 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 EVAL_INPUTS = ("cam", "seeds", "pseudo_labels", "segmentation", "contour")
 # the paper's Table 1: pseudo-label mIoU (train), DeepLab mIoU (val); + contour ODS (Table 2)
-ABLATION_COLUMNS = ("mode", "pseudo_label_map", "pseudo_label_miou", "segmentation_miou", "contour_ods", "contour_ois",
+ABLATION_COLUMNS = ("mode", "output_stride", "pseudo_label_map", "tta", "pseudo_label_miou", "segmentation_miou", "contour_ods", "contour_ois",
                     "cam_miou", "seed_precision", "seed_coverage", "tau_b", "n_train", "n_val")
 MODE_TITLES = {
     "irnet": "baseline (IRNet)",
@@ -90,13 +90,17 @@ class SummaryConfig:
     train_split: str = "train"
     val_split: str = "val"
     tau_b: float | None = None  # pseudo-label background constant; the pseudo-label JSON's value wins
+    base: str | None = None  # Table 1 rows: the base mode (irnet, sance_naive, sance) of a named row
+    output_stride: int | None = None  # Table 1's "stride" of the SANCE backbone
+    tta: bool | None = None  # Table 1's "TTA": multi-scale maps for the pseudo labels
 
 
 def assemble_summary(cfg: SummaryConfig, evals: Mapping[str, Mapping[str, Any] | None],
                      manifest_counts: Mapping[str, int] | None = None,
                      sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The summary of one mode from its evaluation results (``None`` = that stage does not apply)."""
-    summary: dict[str, Any] = {"mode": cfg.mode, "dataset": cfg.dataset}
+    summary: dict[str, Any] = {"mode": cfg.mode, "dataset": cfg.dataset, "base": cfg.base,
+                               "output_stride": cfg.output_stride, "tta": cfg.tta}
     for column, (name, key) in METRICS.items():
         data = evals.get(name)
         summary[column] = None if data is None else _fraction(data.get(key), f"{(sources or {}).get(name, name)}:{key}")
@@ -129,6 +133,7 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     row = {c: summary.get(c) for c in ABLATION_COLUMNS if c not in ("n_train", "n_val")}
     row["n_train"] = n.get(splits.get("train", "train"))
     row["n_val"] = n.get(splits.get("val", "val"))
+    row["base"] = summary.get("base")
     return row
 
 
@@ -149,17 +154,28 @@ def tsv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mode_title(row: Mapping[str, Any]) -> str:
+    """The paper's name of a row: its mode's, or its base mode's with the row name beside it."""
+    mode = str(row["mode"])
+    if mode in MODE_TITLES:
+        return MODE_TITLES[mode]
+    base = row.get("base")
+    return f"{MODE_TITLES[base]} ({mode})" if base in MODE_TITLES else mode
+
+
 def markdown_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     """The ablation as a Markdown table, metrics in percent (one decimal, as the paper), '–' when absent."""
     def pct(v: Any) -> str:
         return "–" if v is None else f"{100 * float(v):.1f}"
 
-    head = ["Mode", "Map", "Pseudo labels mIoU (train)", "DeepLab mIoU (val)", "Contour ODS", "Contour OIS",
+    head = ["Mode", "Stride", "Map", "TTA", "Pseudo labels mIoU (train)", "DeepLab mIoU (val)", "Contour ODS", "Contour OIS",
             "CAM mIoU", "Seed precision", "Seed coverage", "τ_b"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
-        cells = [MODE_TITLES.get(str(r["mode"]), str(r["mode"])), r.get("pseudo_label_map") or "–",
+        tta = r.get("tta")
+        cells = [mode_title(r), "–" if r.get("output_stride") is None else str(r["output_stride"]),
+                 r.get("pseudo_label_map") or "–", "–" if tta is None or tta == "" else ("yes" if tta else "no"),
                  pct(r.get("pseudo_label_miou")),
                  pct(r.get("segmentation_miou")), pct(r.get("contour_ods")), pct(r.get("contour_ois")),
                  pct(r.get("cam_miou")), pct(r.get("seed_precision")), pct(r.get("seed_coverage")),
@@ -182,19 +198,20 @@ def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
              "segmentation_miou": "DeepLab mIoU (val)", "contour_ods": "contour ODS", "contour_ois": "contour OIS",
              "cam_miou": "CAM mIoU", "seed_precision": "seed precision", "seed_coverage": "seed coverage",
              "tau_b": "τ<sub>b</sub>", "n_train": "train images", "n_val": "val images",
-             "pseudo_label_map": "map"}
+             "pseudo_label_map": "map", "output_stride": "stride", "tta": "TTA"}
 
-    def cell(col: str, value: Any) -> str:
+    def cell(col: str, row: Mapping[str, Any]) -> str:
+        value = row.get(col)
         if value is None:
             return "<td class='na'>–</td>"
         if col == "mode":
-            return f"<td class='mode'>{html.escape(MODE_TITLES.get(str(value), str(value)))}</td>"
+            return f"<td class='mode'>{html.escape(mode_title(row))}</td>"
         if col in METRICS:
             return f"<td>{100 * float(value):.1f}</td>"
         return f"<td>{html.escape(f'{value:g}' if isinstance(value, float) else str(value))}</td>"
 
     head = "".join(f"<th>{heads.get(c, html.escape(c))}</th>" for c in ABLATION_COLUMNS)
-    body = "".join("<tr>" + "".join(cell(c, r.get(c)) for c in ABLATION_COLUMNS) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(cell(c, r) for c in ABLATION_COLUMNS) + "</tr>" for r in rows)
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.mode{text-align:left}"
              "td.na{color:#999;text-align:center}th{background:#f2f2f2}th:first-child{text-align:left}")

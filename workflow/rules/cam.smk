@@ -5,18 +5,18 @@
 
 rule extract_cams:
     input:
-        shard=f"{RESULTS}/shards/{config['data']['train_split']}/{{scatteritem}}.txt",
-        model=f"{RESULTS}/classifier/model.pt",
-        model_config=f"{RESULTS}/classifier/config.json",
+        shard=f"{SHARED}/shards/{config['data']['train_split']}/{{scatteritem}}.txt",
+        model=f"{SHARED}/classifier/model.pt",
+        model_config=f"{SHARED}/classifier/config.json",
         manifest=manifest(),
     output:
-        cam=f"{RESULTS}/cam/{{scatteritem}}.h5",
+        cam=f"{SHARED}/cam/{{scatteritem}}.h5",
     params:
         cfg=cam_params(),
     log:
-        f"{LOGS}/extract_cams_{{scatteritem}}.log",
+        f"{SHARED_LOGS}/extract_cams_{{scatteritem}}.log",
     benchmark:
-        f"{BENCH}/extract_cams_{{scatteritem}}.tsv"
+        f"{SHARED_BENCH}/extract_cams_{{scatteritem}}.tsv"
     threads: 1
     resources:
         mem_mb=3000,

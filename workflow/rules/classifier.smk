@@ -7,17 +7,17 @@ rule train_classifier:
     input:
         manifest=manifest(),
     output:
-        model=f"{RESULTS}/classifier/model.pt",
-        config=f"{RESULTS}/classifier/config.json",
-        history=f"{RESULTS}/classifier/history.csv",
-        curve=report(f"{RESULTS}/classifier/curve.png", caption="../report/classifier_curve.rst",
+        model=f"{SHARED}/classifier/model.pt",
+        config=f"{SHARED}/classifier/config.json",
+        history=f"{SHARED}/classifier/history.csv",
+        curve=report(f"{SHARED}/classifier/curve.png", caption="../report/classifier_curve.rst",
                      category="Training", subcategory="Classifier"),
     params:
         cfg=classifier_params(),
     log:
-        f"{LOGS}/train_classifier.log",
+        f"{SHARED_LOGS}/train_classifier.log",
     benchmark:
-        f"{BENCH}/train_classifier.tsv"
+        f"{SHARED_BENCH}/train_classifier.tsv"
     threads: 2
     resources:
         mem_mb=4000,

@@ -12,9 +12,26 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DATASET = config["data"]["name"]
-RESULTS = f"results/{DATASET}"
-LOGS = f"logs/{DATASET}"
-BENCH = f"benchmarks/{DATASET}"
+# Dataset, classifier and CAMs (stages 1-3) live under SHARED; the seeds and everything after them
+# under RESULTS, which for oracle seeds (seeds.source: oracle) is a folder named after the
+# corruption, so oracle runs never mix with CAM runs or with each other.
+SHARED = f"results/{DATASET}"
+SHARED_LOGS = f"logs/{DATASET}"
+SHARED_BENCH = f"benchmarks/{DATASET}"
+
+
+def seed_run_dir():
+    """'' for CAM seeds; 'oracle_<corruption>' for oracle seeds (sance_core.oracle_seeds.OracleConfig.tag)."""
+    if config["seeds"].get("source", "cam") != "oracle":
+        return ""
+    o = {"core": 1.0, "leak": 0, "false_rate": 0.0, "unknown": 4, **config["seeds"].get("oracle", {})}
+    return f"oracle_core{o['core']:g}_leak{o['leak']}_false{o['false_rate']:g}_unk{o['unknown']}"
+
+
+SEED_RUN = seed_run_dir()
+RESULTS = f"{SHARED}/{SEED_RUN}" if SEED_RUN else SHARED
+LOGS = f"{SHARED_LOGS}/{SEED_RUN}" if SEED_RUN else SHARED_LOGS
+BENCH = f"{SHARED_BENCH}/{SEED_RUN}" if SEED_RUN else SHARED_BENCH
 ENV = "../../envs/sance.yaml"
 # the rules' script imports sance_core from this checkout even when it is not installed
 sys.path.insert(0, str(Path(workflow.basedir)))
@@ -54,7 +71,7 @@ def dataset_source():
 
 
 def manifest():
-    return f"{RESULTS}/manifest.json"
+    return f"{SHARED}/manifest.json"
 
 
 def all_targets():
@@ -63,7 +80,7 @@ def all_targets():
         manifest(),
         *shard_files(config["data"]["train_split"]),
         *cam_shards(),
-        f"{RESULTS}/eval/cam.json",
+        f"{SHARED}/eval/cam.json",
         f"{RESULTS}/eval/seeds.json",
         *[target for mode in sance_modes() for target in pseudo_label_targets(mode)],
         *[f"{mode_dir(m)}/eval/contour.json" for m in sance_modes()],
@@ -74,7 +91,7 @@ def all_targets():
 
 def shard_files(split):
     """The shard id lists of a split (`--set-scatter shard=N` changes their number)."""
-    return scatter.shard(f"{RESULTS}/shards/{split}/{{scatteritem}}.txt")
+    return scatter.shard(f"{SHARED}/shards/{split}/{{scatteritem}}.txt")
 
 
 def gpu_resources():
@@ -98,7 +115,7 @@ def classifier_params():
         "seed": config["seed"],
         "device": config["device"],
         "workers": config["workers"],
-        "resume_dir": f"{RESULTS}/.resume/classifier",
+        "resume_dir": f"{SHARED}/.resume/classifier",
     }
 
 
@@ -119,7 +136,31 @@ def cam_params():
 
 def cam_shards():
     """All CAM shard files of the training split, for rules that read every CAM."""
-    return gather.shard(f"{RESULTS}/cam/{{scatteritem}}.h5")
+    return gather.shard(f"{SHARED}/cam/{{scatteritem}}.h5")
+
+
+# Stage 4 (seeds): CAM seeds, or oracle seeds from the masks in oracle runs.
+
+def make_seeds_inputs(wildcards):
+    if SEED_RUN:
+        return {"shard": f"{SHARED}/shards/{config['data']['train_split']}/{wildcards.scatteritem}.txt",
+                "manifest": manifest()}
+    return {"cam": f"{SHARED}/cam/{wildcards.scatteritem}.h5"}
+
+
+def make_seeds_params():
+    s = config["seeds"]
+    if SEED_RUN:  # only oracle runs get the oracle settings (CAM seeds do not rerun when they change)
+        return {"dataset": dataset_params(), "compression": config["artifacts"]["compression"],
+                "source": "oracle", "oracle": dict(s["oracle"]), "split": config["data"]["train_split"],
+                "seed": config["seed"]}
+    return {
+        "dataset": dataset_params(),
+        "fg_threshold": s["fg_threshold"],
+        "bg_threshold": s["bg_threshold"],
+        "crf": dict(s["crf"]),
+        "compression": config["artifacts"]["compression"],
+    }
 
 
 # Stage 7 (DeepLab): the params of the segmenter jobs of a mode, built from config["segmentation"].
@@ -152,7 +193,7 @@ def segmenter_train_inputs(wildcards):
     if wildcards.mode != "fully_supervised":
         inputs["labels"] = f"{RESULTS}/{wildcards.mode}/pseudo_labels/png"
     if config["segmentation"]["init_from_classifier"]:
-        inputs["classifier"] = f"{RESULTS}/classifier/model.pt"
+        inputs["classifier"] = f"{SHARED}/classifier/model.pt"
     return inputs
 
 
@@ -174,9 +215,40 @@ def segmenter_predict_params(mode):
 
 # Stages 5-6 (SANCE and its pseudo labels): every mode of config["modes"] writes under its own
 # folder; a mode gets only the settings it uses, so e.g. changing the label refine module
-# reruns 'sance' and leaves 'irnet' and 'sance_naive' alone.
+# reruns 'sance' and leaves 'irnet' and 'sance_naive' alone. A mode is one of the three base
+# modes or a row of Table 1 named in config["mode_options"] (base, stride, map, TTA).
 SANCE_MODES = ("irnet", "sance_naive", "sance")
-SANCE_MODE_RE = "|".join(SANCE_MODES)
+SANCE_MODE_RE = "[A-Za-z0-9_]+"
+# the paper's settings per base mode (Table 1): the IRNet baseline is stride 16, CAM map,
+# single-scale maps; SANCE(-naive) take sance.output_stride, pseudo_labels.map and the TTA scales
+BASE_MODE_SETTINGS = {
+    "irnet": {"output_stride": 16, "tta": False},
+    "sance_naive": {},
+    "sance": {},
+}
+
+
+def mode_settings(mode):
+    """base, output_stride, map, tta of a mode: mode_options[mode] over the base mode's paper settings."""
+    options = dict(config.get("mode_options", {}).get(mode, {}))
+    base = options.pop("base", mode)
+    settings = {
+        "base": base,
+        "output_stride": config["sance"]["output_stride"],
+        "map": config["pseudo_labels"]["map"][base],
+        "tta": True,
+        **BASE_MODE_SETTINGS[base],
+    }
+    settings.update(options)
+    return settings
+
+
+def table1_key(mode):
+    """Table 1's row order: baseline, SANCE-naive, SANCE; stride 16 before 8; CAM map before seg; TTA last."""
+    m = mode_settings(mode)
+    return (SANCE_MODES.index(m["base"]), -m["output_stride"], m["map"] != "cam", bool(m["tta"]))
+
+
 SANCE_TRAIN_KEYS = (
     "backbone", "weights", "init_from_classifier", "output_stride", "frozen_bn", "contour_channels",
     "epochs", "batch_size", "crop_size", "scale_range", "lr", "new_lr_mult", "weight_decay", "momentum",
@@ -190,21 +262,31 @@ def mode_dir(mode):
 
 
 def sance_modes():
-    return list(config["modes"])
+    """The SANCE modes of the run in Table 1's order."""
+    return sorted(config["modes"], key=table1_key)
 
 
 def sance_train_params(mode):
     s = config["sance"]
+    settings = mode_settings(mode)
     params = {
         "dataset": dataset_params(),
-        "mode": mode,
+        "mode": settings["base"],
         "split": config["data"]["train_split"],
         **{k: s[k] for k in SANCE_TRAIN_KEYS},
+        "output_stride": settings["output_stride"],
         "seed": config["seed"],
         "device": config["device"],
         "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
     }
+    if s["epoch_eval"]["images"] > 0:  # Fig. 5: pseudo labels as stage 6 makes them, one scale
+        p = config["pseudo_labels"]
+        params["epoch_eval"] = {
+            "images": s["epoch_eval"]["images"], "map": settings["map"], "scale": p["scales"][0],
+            **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg")},
+        }
+    mode = settings["base"]
     if mode == "irnet":  # contour branch and CAM seeds only
         params["loss_weights"] = {"cam_contour": s["loss_weights"]["cam_contour"]}
         return params
@@ -227,22 +309,26 @@ def sance_train_inputs(wildcards):
         "seeds": scatter.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5"),
     }
     if config["sance"]["init_from_classifier"]:
-        inputs["classifier"] = f"{RESULTS}/classifier/model.pt"
+        inputs["classifier"] = f"{SHARED}/classifier/model.pt"
+    if config["sance"]["epoch_eval"]["images"] > 0 and pseudo_label_map(wildcards.mode) == "cam":
+        inputs["cam"] = cam_shards()
     return inputs
 
 
 def pseudo_label_map(mode):
-    return config["pseudo_labels"]["map"][mode]
+    return mode_settings(mode)["map"]
 
 
 def infer_maps_params(mode):
+    """TTA: the pseudo_labels scales (+flip) averaged; without: the first scale alone, no flip."""
     p = config["pseudo_labels"]
+    tta = mode_settings(mode)["tta"]
     return {
         "dataset": dataset_params(),
-        "mode": mode,
+        "mode": mode_settings(mode)["base"],
         "split": config["data"]["train_split"],
-        "scales": list(p["scales"]),
-        "flip": p["flip"],
+        "scales": list(p["scales"]) if tta else list(p["scales"][:1]),
+        "flip": p["flip"] if tta else False,
         "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
@@ -264,11 +350,11 @@ def make_pseudo_labels_inputs(wildcards):
     """The mode's maps of the shard, its id list, the manifest and, for map 'cam', the CAM shard."""
     inputs = {
         "maps": f"{mode_dir(wildcards.mode)}/maps/{wildcards.shard}.h5",
-        "shard": f"{RESULTS}/shards/{config['data']['train_split']}/{wildcards.shard}.txt",
+        "shard": f"{SHARED}/shards/{config['data']['train_split']}/{wildcards.shard}.txt",
         "manifest": manifest(),
     }
     if pseudo_label_map(wildcards.mode) == "cam":
-        inputs["cam"] = f"{RESULTS}/cam/{wildcards.shard}.h5"
+        inputs["cam"] = f"{SHARED}/cam/{wildcards.shard}.h5"
     return inputs
 
 
@@ -322,7 +408,7 @@ def summary_inputs(wildcards):
     inputs = {"manifest": manifest()}
     if mode in sance_modes():
         inputs.update({
-            "cam": f"{RESULTS}/eval/cam.json",
+            "cam": f"{SHARED}/eval/cam.json",
             "seeds": f"{RESULTS}/eval/seeds.json",
             "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
             "contour": f"{mode_dir(mode)}/eval/contour.json",
@@ -339,6 +425,7 @@ def summary_params(mode):
         "train_split": config["data"]["train_split"],
         "val_split": config["data"]["val_split"],
         "tau_b": config["pseudo_labels"]["tau_b"] if mode in sance_modes() else None,
+        **({k: mode_settings(mode)[k] for k in ("base", "output_stride", "tta")} if mode in sance_modes() else {}),
     }
 
 
@@ -350,7 +437,7 @@ def qualitative_inputs(wildcards):
     """train grid: CAMs, seeds, maps and pseudo labels of every SANCE mode; val grid: DeepLab predictions."""
     inputs = {"manifest": manifest()}
     if wildcards.grid == "train":
-        inputs["cam"] = scatter.shard(f"{RESULTS}/cam/{{scatteritem}}.h5")
+        inputs["cam"] = scatter.shard(f"{SHARED}/cam/{{scatteritem}}.h5")
         inputs["seeds"] = scatter.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5")
         for mode in sance_modes():
             inputs[f"maps__{mode}"] = scatter.shard(f"{mode_dir(mode)}/maps/{{scatteritem}}.h5")
@@ -375,14 +462,14 @@ def qualitative_params(grid):
 
 
 def iou_bars_inputs(wildcards):
-    inputs = {"cam": f"{RESULTS}/eval/cam.json", "seeds": f"{RESULTS}/eval/seeds.json"}
+    inputs = {"cam": f"{SHARED}/eval/cam.json", "seeds": f"{RESULTS}/eval/seeds.json"}
     inputs.update({f"pseudo_labels__{m}": f"{mode_dir(m)}/eval/pseudo_labels.json" for m in sance_modes()})
     inputs.update({f"segmentation__{m}": f"{mode_dir(m)}/eval/segmentation.json" for m in deeplab_modes()})
     return inputs
 
 
 def training_history_inputs(wildcards):
-    inputs = {"history__classifier": f"{RESULTS}/classifier/history.csv"}
+    inputs = {"history__classifier": f"{SHARED}/classifier/history.csv"}
     inputs.update({f"history__sance_model_{m}": f"{mode_dir(m)}/sance_model/history.csv" for m in sance_modes()})
     inputs.update({f"history__segmenter_{m}": f"{mode_dir(m)}/segmenter/history.csv" for m in deeplab_modes()})
     return inputs
@@ -398,4 +485,5 @@ def report_targets():
         f"{figures}/per_class_iou.png",
         f"{figures}/contour_pr.png",
         f"{figures}/training_curves.png",
+        *([f"{figures}/epoch_miou.png"] if config["sance"]["epoch_eval"]["images"] > 0 else []),
     ]

@@ -5,7 +5,7 @@
 rule demo_data:
     output:
         root=directory(config["data"]["root"]),
-        preview=f"{RESULTS}/figures/demo_preview.png",
+        preview=f"{SHARED}/figures/demo_preview.png",
     params:
         cfg={
             "generator": {
@@ -15,9 +15,9 @@ rule demo_data:
             "preview_samples": config["demo"]["preview_samples"],
         },
     log:
-        f"{LOGS}/demo_data.log",
+        f"{SHARED_LOGS}/demo_data.log",
     benchmark:
-        f"{BENCH}/demo_data.tsv"
+        f"{SHARED_BENCH}/demo_data.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -41,9 +41,9 @@ rule validate_dataset:
             "on_bad_image": config["data"]["on_bad_image"],
         },
     log:
-        f"{LOGS}/validate_dataset.log",
+        f"{SHARED_LOGS}/validate_dataset.log",
     benchmark:
-        f"{BENCH}/validate_dataset.tsv"
+        f"{SHARED_BENCH}/validate_dataset.tsv"
     threads: 2
     resources:
         mem_mb=2000,
@@ -58,13 +58,13 @@ rule shard_ids:
     input:
         manifest=manifest(),
     output:
-        shards=scatter.shard(f"{RESULTS}/shards/{{{{split}}}}/{{scatteritem}}.txt"),
+        shards=scatter.shard(f"{SHARED}/shards/{{{{split}}}}/{{scatteritem}}.txt"),
     params:
         cfg=lambda wc: {"split": wc.split},
     log:
-        f"{LOGS}/shard_ids_{{split}}.log",
+        f"{SHARED_LOGS}/shard_ids_{{split}}.log",
     benchmark:
-        f"{BENCH}/shard_ids_{{split}}.tsv"
+        f"{SHARED_BENCH}/shard_ids_{{split}}.tsv"
     threads: 1
     resources:
         mem_mb=500,

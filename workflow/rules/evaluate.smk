@@ -3,18 +3,19 @@
 # stages add their evaluations below or in their own rule files.
 
 EVAL_DIR = f"{RESULTS}/eval"
+CAM_EVAL_DIR = f"{SHARED}/eval"  # the CAMs are shared by CAM and oracle seed runs
 
 
 rule evaluate_cams:
     input:
         manifest=manifest(),
-        cams=gather.shard(f"{RESULTS}/cam/{{scatteritem}}.h5"),
+        cams=gather.shard(f"{SHARED}/cam/{{scatteritem}}.h5"),
     output:
-        json=report(f"{EVAL_DIR}/cam.json", category="Evaluation", subcategory="CAMs",
+        json=report(f"{CAM_EVAL_DIR}/cam.json", category="Evaluation", subcategory="CAMs",
                     caption="../report/eval_cam.rst"),
-        tsv=report(f"{EVAL_DIR}/cam.tsv", category="Evaluation", subcategory="CAMs",
+        tsv=report(f"{CAM_EVAL_DIR}/cam.tsv", category="Evaluation", subcategory="CAMs",
                    caption="../report/eval_cam.rst"),
-        curve=report(f"{EVAL_DIR}/cam_threshold_curve.png", category="Evaluation", subcategory="CAMs",
+        curve=report(f"{CAM_EVAL_DIR}/cam_threshold_curve.png", category="Evaluation", subcategory="CAMs",
                      caption="../report/eval_cam_curve.rst"),
     params:
         cfg={
@@ -23,9 +24,9 @@ rule evaluate_cams:
             "thresholds": list(config["evaluation"]["cam_thresholds"]),
         },
     log:
-        f"{LOGS}/evaluate_cams.log",
+        f"{SHARED_LOGS}/evaluate_cams.log",
     benchmark:
-        f"{BENCH}/evaluate_cams.tsv"
+        f"{SHARED_BENCH}/evaluate_cams.tsv"
     threads: 1
     resources:
         mem_mb=2000,

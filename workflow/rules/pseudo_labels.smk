@@ -9,7 +9,7 @@ rule infer_maps:
     input:
         model=f"{RESULTS}/{{mode}}/sance_model/model.pt",
         config=f"{RESULTS}/{{mode}}/sance_model/config.json",
-        shard=f"{RESULTS}/shards/{PL_TRAIN}/{{shard}}.txt",
+        shard=f"{SHARED}/shards/{PL_TRAIN}/{{shard}}.txt",
         manifest=manifest(),
     output:
         maps=f"{RESULTS}/{{mode}}/maps/{{shard}}.h5",

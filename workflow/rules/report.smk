@@ -147,3 +147,25 @@ rule figure_training_curves:
         ENV
     script:
         "../scripts/run_stage.py"
+
+
+rule figure_epoch_miou:
+    input:
+        **{f"history__{m}": f"{mode_dir(m)}/sance_model/history.csv" for m in sance_modes()},
+    output:
+        png=report(f"{FIGURES}/epoch_miou.png", caption="../report/epoch_miou.rst", category="Training",
+                   subcategory="Pseudo labels per epoch", labels={"figure": "Fig. 5"}),
+    params:
+        cfg={"dpi": config["report"]["dpi"]},
+    log:
+        f"{LOGS}/figure_epoch_miou.log",
+    benchmark:
+        f"{BENCH}/figure_epoch_miou.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../scripts/run_stage.py"

@@ -1,20 +1,16 @@
 # Stage 4: CAM seeds. Eq. (1) with fg/bg thresholds 0.30/0.05, each level refined by a dense
 # CRF (IRNet's cam_to_ir_label); one job and one HDF5 file per CAM shard.
+# seeds.source 'oracle': the seeds come from the ground-truth masks instead
+# (sance_core.oracle_seeds), written under the oracle run's own RESULTS folder.
 
 
 rule make_seeds:
     input:
-        cam=f"{RESULTS}/cam/{{scatteritem}}.h5",
+        unpack(make_seeds_inputs),
     output:
         seeds=f"{RESULTS}/seeds/{{scatteritem}}.h5",
     params:
-        cfg={
-            "dataset": dataset_params(),
-            "fg_threshold": config["seeds"]["fg_threshold"],
-            "bg_threshold": config["seeds"]["bg_threshold"],
-            "crf": dict(config["seeds"]["crf"]),
-            "compression": config["artifacts"]["compression"],
-        },
+        cfg=make_seeds_params(),
     log:
         f"{LOGS}/make_seeds_{{scatteritem}}.log",
     benchmark:

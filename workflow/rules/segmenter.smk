@@ -35,7 +35,7 @@ rule predict_segmenter:
     input:
         model=f"{RESULTS}/{{mode}}/segmenter/model.pt",
         config=f"{RESULTS}/{{mode}}/segmenter/config.json",
-        ids=f"{RESULTS}/shards/{SEG_VAL}/{{shard}}.txt",
+        ids=f"{SHARED}/shards/{SEG_VAL}/{{shard}}.txt",
     output:
         predictions=f"{RESULTS}/{{mode}}/predictions/{{shard}}.h5",
     wildcard_constraints:
