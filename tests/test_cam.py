@@ -17,7 +17,7 @@ from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, resize_image
 from sance_core.io.store import ArtifactReader
-from sance_core.engine.training import save_model
+from sance_core.io.weights import save_model
 
 CLASSES = ("background", "a", "b", "c")
 # id -> (height, width, labels); two images share a size so that they form one batch

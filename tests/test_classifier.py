@@ -28,7 +28,8 @@ from sance_core.stages.classifier import (
 )
 from sance_core.config import ConfigError, from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.engine.training import CHECKPOINT_FILE, load_model
+from sance_core.engine import CHECKPOINT_FILE
+from sance_core.io.weights import load_model
 
 CLASSES = ("background", "a", "b", "c")
 

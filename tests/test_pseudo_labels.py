@@ -32,7 +32,7 @@ from sance_core.stages.pseudo_labels import (
 )
 from sance_core.stages.sance import SanceConfig, model_config
 from sance_core.io.store import ArtifactReader, ArtifactWriter
-from sance_core.engine.training import save_model
+from sance_core.io.weights import save_model
 
 CLASSES = ["background", "a", "b"]
 

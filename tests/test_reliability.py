@@ -35,7 +35,8 @@ from sance_core.io.images import DataError, read_image
 from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
 from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter, remove_stale_temp_files
-from sance_core.engine.training import CHECKPOINT_FILE, CheckpointManager, NonFiniteLossError, load_model, save_model
+from sance_core.engine import CHECKPOINT_FILE, CheckpointManager, NonFiniteLossError
+from sance_core.io.weights import load_model, save_model
 from test_validate import cfg as validation_config
 from test_validate import make_voc
 
@@ -371,24 +372,23 @@ _KILLABLE_SANCE = textwrap.dedent("""
     if spec:
         what, n = spec.split(":")
         n = int(n)
-        import sance_core.stages.classifier as clf
-        from sance_core.engine import training
+        from sance_core.engine import history, loop
         if what == "step":
-            _poly = clf.set_poly_lr
+            _poly = loop.set_poly_lr
             def set_poly_lr(optimizer, step, total, power=0.9):
                 if step == n:
                     os.kill(os.getpid(), signal.SIGKILL)
                 return _poly(optimizer, step, total, power)
-            clf.set_poly_lr = set_poly_lr
+            loop.set_poly_lr = set_poly_lr
         elif what == "history":
-            _save, calls = training.History.save, []
+            _save, calls = history.History.save, []
             def save(self, path=None):
                 if path is not None and ".resume" in str(path):
                     calls.append(path)
                     if len(calls) == n:
                         os.kill(os.getpid(), signal.SIGKILL)
                 return _save(self, path)
-            training.History.save = save
+            history.History.save = save
     from sance_core.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

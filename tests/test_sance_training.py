@@ -240,14 +240,15 @@ def test_end_of_epoch_hook_runs_once_per_epoch_and_leaves_training_unchanged(tmp
     plain, _ = train(_cfg(**common), data)
     calls = []
 
-    def hook(epoch, model):
-        calls.append((epoch, model.training))
+    def hook(event):  # the engine calls it in eval mode, after the epoch's last step
+        epoch = event.epoch + 1
+        calls.append((epoch, event.model.training))
         return {"pseudo_miou": 0.1 * epoch}
 
-    from sance_core.engine.training import History
+    from sance_core.engine import History
     history = History(tmp_path / "h.csv")
-    hooked, metrics = train(_cfg(**common), data, history=history, on_epoch_end=hook)
-    assert calls == [(1, True), (2, True)]
+    hooked, metrics = train(_cfg(**common), data, history=history, epoch_end=hook)
+    assert calls == [(1, False), (2, False)]
     assert metrics["pseudo_miou"] == pytest.approx(0.2)
     marked = [(r["epoch"], r["pseudo_miou"]) for r in history.rows if "pseudo_miou" in r]
     assert marked == [(1.0, pytest.approx(0.1)), (2.0, pytest.approx(0.2))]

@@ -10,16 +10,8 @@ import torch
 from torch import nn
 
 from sance_core.data.transforms import MEAN_COLOUR, normalize_image, random_scale_flip_crop
-from sance_core.engine.training import (
-    CheckpointManager,
-    History,
-    NonFiniteLossError,
-    check_finite,
-    load_model,
-    poly_lr,
-    save_model,
-    set_poly_lr,
-)
+from sance_core.engine import CheckpointManager, History, NonFiniteLossError, check_finite, poly_lr, set_poly_lr
+from sance_core.io.weights import load_model, save_model
 
 
 def test_poly_lr_matches_formula_and_groups_keep_their_base():

@@ -147,6 +147,23 @@ class Manifest:
         return cls(**json.loads(path.read_text()))
 
 
+def load_manifest(path: str | Path, dataset: DatasetSpec) -> Manifest:
+    """The manifest at ``path``; refused when its classes are not ``dataset.classes``."""
+    manifest = Manifest.load(path)
+    if list(manifest.classes) != list(dataset.classes):
+        raise DataError(f"{path}: manifest classes {manifest.classes} differ from data.classes {list(dataset.classes)}")
+    return manifest
+
+
+def load_split(path: str | Path, dataset: DatasetSpec, split: str) -> tuple[Manifest, list[str]]:
+    """:func:`load_manifest` and the ids of ``split``, refused when it has none."""
+    manifest = load_manifest(path, dataset)
+    ids = manifest.ids(split)
+    if not ids:
+        raise DataError(f"{path}: split {split!r} has no images")
+    return manifest, ids
+
+
 def load_sample(spec: DatasetSpec, image_id: str, with_mask: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Image ``[H, W, 3]`` uint8 and, when available, its mask ``[H, W]`` uint8."""
     image = read_image(spec.image_path(image_id))

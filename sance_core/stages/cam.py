@@ -34,7 +34,7 @@ from sance_core.data.shards import read_shard
 from sance_core.data.transforms import normalize_image, resize_image
 from sance_core.runtime import map_on_devices, visible_devices
 from sance_core.io.store import ArtifactWriter
-from sance_core.engine.training import load_model, load_state_strict
+from sance_core.io.weights import load_model, load_state_strict
 
 log = logging.getLogger(__name__)
 

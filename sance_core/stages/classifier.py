@@ -23,8 +23,7 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,30 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from sance_core.models.backbones import BACKBONES
 from sance_core.models.classifier import MODEL_KIND, RECIPES, CAMClassifier
 from sance_core.config import to_dict
-from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.dataset import DatasetSpec, load_split
 from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop
 from sance_core.runtime import resolve_device, seed_everything
-from sance_core.engine.training import CheckpointManager, History, check_finite, save_model, set_poly_lr
+from sance_core.engine import (
+    CheckpointPolicy,
+    EpochBatches,
+    History,
+    LoopConfig,
+    Resume,
+    StepContext,
+    StepResult,
+    fingerprint,
+    fit,
+    training_outputs_dir,
+    write_training_outputs,
+)
+from sance_core.engine.loop import EpochEndFn
+from sance_core.engine.settings import check_training_config
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +89,9 @@ class ClassifierConfig:
             raise ValueError(f"backbone: unknown {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
-        for key in ("epochs", "batch_size", "crop_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
-        if self.lr <= 0 or self.head_lr_mult <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("need lr > 0, head_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
+        check_training_config(self, ("epochs", "batch_size", "crop_size"), "head_lr_mult")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe: unknown {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.checkpoint_interval < 0:
             raise ValueError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
 
@@ -132,38 +136,9 @@ class ClassificationData(Dataset):
         return normalize_image(crop), torch.from_numpy(self.labels[index])
 
 
-class EpochBatches:
-    """Batches of ``(index, sample_seed)`` for one epoch: a seeded permutation, last partial batch dropped."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0) -> None:
-        self.batch_size = min(batch_size, n)
-        self.n_batches = n // self.batch_size
-        self.order = np.random.default_rng([seed, epoch]).permutation(n)
-        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
-
-    def __len__(self) -> int:
-        return self.n_batches - self.start_batch
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for b in range(self.start_batch, self.n_batches):
-            positions = range(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [(int(self.order[p]), _sample_seed(self.seed, self.epoch, p)) for p in positions]
-
-
-def _sample_seed(seed: int, epoch: int, position: int) -> int:
-    return int(np.random.default_rng([seed, epoch, position, 7]).integers(2**31))
-
-
 def load_training_set(cfg: ClassifierConfig, manifest_path: str | Path) -> ClassificationData:
     """Ids and label vectors of ``cfg.split`` from the manifest; refuses a class list that differs."""
-    manifest = Manifest.load(manifest_path)
-    if list(manifest.classes) != list(cfg.dataset.classes):
-        raise DataError(
-            f"{manifest_path}: manifest classes {manifest.classes} differ from data.classes {list(cfg.dataset.classes)}"
-        )
-    ids = manifest.ids(cfg.split)
-    if not ids:
-        raise DataError(f"{manifest_path}: split {cfg.split!r} has no images")
+    manifest, ids = load_split(manifest_path, cfg.dataset, cfg.split)
     labels = np.stack([manifest.label_vector(cfg.split, i) for i in ids])
     if not labels.any():
         raise DataError(f"{manifest_path}: no image of split {cfg.split!r} has a foreground label")
@@ -204,99 +179,53 @@ def make_optimizer(model: CAMClassifier, cfg: ClassifierConfig) -> torch.optim.S
                            momentum=sgd_momentum(cfg))
 
 
+def classifier_step(model: CAMClassifier, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepResult:
+    """Multi-label soft-margin loss of one batch ``(images [B,3,H,W], labels [B,C])``; batch accuracy and mAP."""
+    images, labels = (t.to(ctx.device, non_blocking=True) for t in batch)
+    logits = model(images)
+    loss = F.multilabel_soft_margin_loss(logits, labels)
+    return StepResult(loss, {"loss": loss}, batch_metrics(logits, labels))
+
+
 def train(cfg: ClassifierConfig, data: ClassificationData, history: History | None = None,
-          stop_after_step: int | None = None) -> tuple[CAMClassifier, dict[str, float]]:
+          stop_after_step: int | None = None, fingerprint_extra: Mapping[str, Any] | None = None,
+          epoch_end: EpochEndFn | None = None) -> tuple[CAMClassifier, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last metrics.
 
-    ``stop_after_step`` ends the run early after a checkpoint at that global step, as a crash
-    right after a checkpoint would (tests use it to check that resuming repeats the run).
+    ``fingerprint_extra`` joins the resume fingerprint (e.g. a hash of the inputs); ``epoch_end``
+    runs after every epoch (see :func:`sance_core.engine.fit`). ``stop_after_step`` ends the run
+    early after a checkpoint at that global step, as a crash right after a checkpoint would.
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = CAMClassifier(len(cfg.dataset.classes) - 1, cfg.backbone, cfg.weights, cfg.output_stride,
                           cfg.zero_init_residual, cfg.recipe).to(device)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = len(EpochBatches(len(data), cfg.batch_size, cfg.seed, 0))
-    total_steps = steps_per_epoch * cfg.epochs
-    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None
-    resume_history = Path(cfg.resume_dir) / "history.csv" if cfg.resume_dir else None
-    step = 0
-    if checkpoints is not None:
-        state = checkpoints.load_latest(model, optimizer)
-        if state is not None:
-            step = int(state["step"])
-            if history is not None and resume_history is not None:
-                history.load(resume_history)
-                history.rows = [r for r in history.rows if r.get("step", 0) <= step]
+
+    def batches(epoch: int, start_batch: int) -> EpochBatches:
+        return EpochBatches(len(data), cfg.batch_size, cfg.seed, epoch, start_batch, stream=7)
+
+    steps_per_epoch = len(batches(0, 0))
+    loop = LoopConfig("classifier", steps_per_epoch * cfg.epochs, steps_per_epoch, cfg.seed, cfg.poly_power,
+                      workers=cfg.workers)
+    resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
+                    CheckpointPolicy(every_epochs=1, min_seconds=cfg.checkpoint_interval)) if cfg.resume_dir else None
     log.info("training %s on %d images: %d epochs x %d steps, batch %d, crop %d, device %s",
              cfg.backbone, len(data), cfg.epochs, steps_per_epoch, min(cfg.batch_size, len(data)),
              cfg.crop_size, device)
-    metrics: dict[str, float] = {}
-    last_save = time.monotonic()
-    model.train()
-    progress = tqdm(total=total_steps, initial=step, desc="classifier", unit="step", mininterval=5)
-    while step < total_steps:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        batches = EpochBatches(len(data), cfg.batch_size, cfg.seed, epoch, start_batch)
-        loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            lr = set_poly_lr(optimizer, step, total_steps, cfg.poly_power)
-            logits = model(images)
-            loss = F.multilabel_soft_margin_loss(logits, labels)
-            check_finite(step, loss=loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            metrics = {"step": step, "epoch": epoch + 1, "loss": float(loss.item()),
-                       "lr": float(lr), **batch_metrics(logits, labels)}
-            if history is not None:
-                history.append(**metrics)
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}", refresh=False)
-            end_of_epoch = step % steps_per_epoch == 0
-            due = time.monotonic() - last_save >= cfg.checkpoint_interval
-            if checkpoints is not None and ((end_of_epoch and due) or step == stop_after_step):
-                # history first: a crash between the two leaves an older checkpoint, and a resume keeps
-                # only the history rows up to its step, so both stay consistent
-                if history is not None and resume_history is not None:
-                    history.save(resume_history)
-                checkpoints.save(step, epoch, model, optimizer, {"metrics": metrics})
-                last_save = time.monotonic()
-            if step == stop_after_step:
-                progress.close()
-                return model, metrics
-        log.info("epoch %d/%d: loss %.4f, accuracy %.3f", epoch + 1, cfg.epochs,
-                 metrics.get("loss", float("nan")), metrics.get("accuracy", float("nan")))
-    progress.close()
+    metrics = fit(model, optimizer, data, batches, classifier_step, loop, device, resume=resume, history=history,
+                  epoch_end=epoch_end, stop_after_step=stop_after_step)
     return model, metrics
-
-
-def _fingerprint(cfg: ClassifierConfig) -> dict[str, Any]:
-    """The settings a checkpoint must share to be resumed (not where or how fast it runs)."""
-    return {k: v for k, v in to_dict(cfg).items()
-            if k not in ("device", "workers", "resume_dir", "checkpoint_interval")}
 
 
 def run_stage(cfg: ClassifierConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, float]:
     """Input ``manifest``; outputs ``model`` (model.pt), ``config`` (config.json), ``history``, ``curve``."""
     data = load_training_set(cfg, inputs["manifest"])
-    out_dir = Path(outputs["model"]).parent
-    for key in ("config", "history", "curve"):
-        if Path(outputs[key]).parent != out_dir:
-            raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    training_outputs_dir(outputs)
     history = History(outputs["history"])
     model, metrics = train(cfg, data, history)
-    history.save(outputs["history"])
-    history.plot(outputs["curve"], ["loss", "lr", "accuracy", "map"], title=f"classifier ({cfg.backbone})")
-    save_model(model.cpu(), model_config(cfg), out_dir)
-    if cfg.resume_dir:  # the model is saved: a later run with other settings must start afresh
-        CheckpointManager(cfg.resume_dir).clear()
-        (Path(cfg.resume_dir) / "history.csv").unlink(missing_ok=True)
+    write_training_outputs(model, model_config(cfg), history, outputs, ["loss", "lr", "accuracy", "map"],
+                           f"classifier ({cfg.backbone})", cfg.resume_dir)
     log.info("classifier done: final loss %.4f, batch accuracy %.3f, batch mAP %.3f",
              metrics.get("loss", float("nan")), metrics.get("accuracy", float("nan")), metrics.get("map", float("nan")))
     return metrics

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from sance_core.constants import MAP_STRIDE
 from sance_core.io.files import as_paths, atomic_path
-from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.io.images import DataError, read_image
+from sance_core.data.dataset import DatasetSpec, Manifest, load_manifest
+from sance_core.io.images import read_image
 from sance_core.io.palette import save_label_png
 from sance_core.data.shards import read_shard
 from sance_core.data.transforms import normalize_image
@@ -52,13 +52,6 @@ __all__ = [
 ]
 
 MAP_SOURCES = ("seg", "cam")
-
-
-def _load_manifest(path: str | Path, dataset: DatasetSpec) -> Manifest:
-    manifest = Manifest.load(path)
-    if list(manifest.classes) != list(dataset.classes):
-        raise DataError(f"{path}: manifest classes {manifest.classes} differ from data.classes {list(dataset.classes)}")
-    return manifest
 
 
 # --------------------------------------------------------------------------- stage: infer_maps
@@ -83,7 +76,7 @@ class MapsConfig:
 
 def load_sance_model(model_file: str | Path, classes: Sequence[str], mode: str, device: torch.device) -> SanceModel:
     """The trained model of ``mode``; refuses a model of another dataset or mode."""
-    from sance_core.engine.training import load_model, load_state_strict
+    from sance_core.io.weights import load_model, load_state_strict
 
     state, config = load_model(Path(model_file).parent, {"kind": "sance", "classes": list(classes), "mode": mode})
     missing = [k for k in ARCH_KEYS if k not in config]
@@ -185,7 +178,7 @@ def run_infer_maps(cfg: MapsConfig, inputs: Mapping[str, Any], outputs: Mapping[
     (``sance_core.runtime.map_on_devices``); the single writer takes them in shard order.
     """
     ids = read_shard(inputs["shard"])
-    tags = _load_manifest(inputs["manifest"], cfg.dataset).labels(cfg.split)
+    tags = load_manifest(inputs["manifest"], cfg.dataset).labels(cfg.split)
     unlabelled = [i for i in ids if i not in tags]
     if unlabelled:
         raise DataError(f"{inputs['manifest']}: {len(unlabelled)} shard id(s) have no labels in split "
@@ -261,7 +254,7 @@ def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarra
 def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
     """Inputs ``maps``, ``shard``, ``manifest`` and, for ``map: cam``, ``cam``; output ``labels`` (HDF5)."""
     ids = read_shard(inputs["shard"])
-    manifest = _load_manifest(inputs["manifest"], cfg.dataset)
+    manifest = load_manifest(inputs["manifest"], cfg.dataset)
     tags = manifest.labels(cfg.split)
     maps = ArtifactReader(inputs["maps"], expect_stage="maps")
     cams = None
@@ -372,7 +365,7 @@ def run_eval(cfg: EvalConfig, inputs: Mapping[str, Any], outputs: Mapping[str, A
     ``tau_b``, ...) and ``tsv`` (per-class table)."""
     from sance_core.eval.evaluation import TABLE_COLUMNS, write_json, write_tsv
 
-    manifest = _load_manifest(inputs["manifest"], cfg.dataset)
+    manifest = load_manifest(inputs["manifest"], cfg.dataset)
     result, rows = evaluate_pseudo_labels(cfg, manifest, as_paths(inputs["labels"]))
     write_json(result, outputs["json"])
     if "tsv" in outputs:

@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from sance_core.models.backbones import BACKBONES
 from sance_core.config import to_dict
 from sance_core.ops.crf import CRFConfig, crf_refine_probs
-from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.dataset import DatasetSpec, load_split
 from sance_core.io.images import DataError, read_image
 from sance_core.constants import IGNORE_INDEX, MAP_STRIDE
 from sance_core.io.palette import read_label_png
@@ -58,7 +57,22 @@ from sance_core.ops.online_labels import make_online_label
 from sance_core.ops.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.io.store import ArtifactError, open_shards
-from sance_core.engine.training import CheckpointManager, History, check_finite, save_model, set_poly_lr
+from sance_core.engine import (
+    CheckpointPolicy,
+    History,
+    LoopConfig,
+    Resume,
+    StepContext,
+    StepResult,
+    fingerprint,
+    fit,
+    sampler,
+    training_outputs_dir,
+    write_training_outputs,
+)
+from sance_core.engine.loop import EpochEndFn
+from sance_core.engine.settings import check_training_config
+from sance_core.io.files import as_paths
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +200,9 @@ class SanceConfig:
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
         if self.weights and self.init_from_classifier:
             raise ValueError("set either weights (an ImageNet file) or init_from_classifier, not both")
-        for key in ("epochs", "batch_size", "crop_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        check_training_config(self, ("epochs", "batch_size", "crop_size"), "new_lr_mult")
         if self.crop_size % MAP_STRIDE:
             raise ValueError(f"crop_size must be a multiple of {MAP_STRIDE} (the maps' stride), got {self.crop_size}")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
-        if self.lr <= 0 or self.new_lr_mult <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("need lr > 0, new_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.contour_radius < 2:
@@ -284,39 +292,22 @@ class SanceData(Dataset):
         return sample
 
 
-class EpochBatches:
-    """Keys ``(index, sample_seed, rect_h, rect_w)`` of one epoch; one rectangle size per batch."""
+class EpochBatches(sampler.EpochBatches):
+    """Keys ``(index, sample_seed, rect_h, rect_w)`` of one epoch; one paste-rectangle size per batch."""
 
     def __init__(self, n: int, cfg: SanceConfig, epoch: int, start_batch: int = 0, paste: bool = True) -> None:
-        self.batch_size = min(cfg.batch_size, n)
-        self.n_batches = n // self.batch_size
-        self.order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-        self.cfg, self.epoch, self.start_batch, self.paste = cfg, epoch, start_batch, paste
+        super().__init__(n, cfg.batch_size, cfg.seed, epoch, start_batch, stream=5)
+        self.cfg, self.paste = cfg, paste
 
-    def __len__(self) -> int:
-        return self.n_batches - self.start_batch
-
-    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
-        for b in range(self.start_batch, self.n_batches):
-            rng = np.random.default_rng([self.cfg.seed, self.epoch, b, 11])
-            rh, rw = sample_rect_size(rng, self.cfg.crop_size, self.cfg.paste) if self.paste else (0, 0)
-            positions = range(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [(int(self.order[p]), _sample_seed(self.cfg.seed, self.epoch, p), rh, rw) for p in positions]
-
-
-def _sample_seed(seed: int, epoch: int, position: int) -> int:
-    return int(np.random.default_rng([seed, epoch, position, 5]).integers(2**31))
+    def batch_keys(self, batch: int, positions: range) -> list[tuple[int, int, int, int]]:
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, batch, 11])
+        rh, rw = sample_rect_size(rng, self.cfg.crop_size, self.cfg.paste) if self.paste else (0, 0)
+        return [(index, seed, rh, rw) for index, seed in super().batch_keys(batch, positions)]
 
 
 def load_training_set(cfg: SanceConfig, manifest_path: str | Path, seed_paths: Sequence[str]) -> SanceData:
     """Ids, tags and seed shards of ``cfg.split``; refuses missing seeds or a different class list."""
-    manifest = Manifest.load(manifest_path)
-    if list(manifest.classes) != list(cfg.dataset.classes):
-        raise DataError(f"{manifest_path}: manifest classes {manifest.classes} differ from "
-                        f"data.classes {list(cfg.dataset.classes)}")
-    ids = manifest.ids(cfg.split)
-    if not ids:
-        raise DataError(f"{manifest_path}: split {cfg.split!r} has no images")
+    manifest, ids = load_split(manifest_path, cfg.dataset, cfg.split)
     tags = np.stack([manifest.label_vector(cfg.split, i) for i in ids]).astype(bool)
     index = open_shards(list(seed_paths), expect_stage="seeds")
     missing = [i for i in ids if i not in index]
@@ -485,95 +476,44 @@ def compute_losses(
     return loss, terms, logs
 
 
-def _fingerprint(cfg: SanceConfig) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "workers", "resume_dir")}
-
-
-EpochHook = Callable[[int, SanceModel], Mapping[str, float]]
-
-
 def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None = None,
           history: History | None = None, stop_after_step: int | None = None,
-          on_epoch_end: EpochHook | None = None) -> tuple[SanceModel, dict[str, float]]:
+          fingerprint_extra: Mapping[str, Any] | None = None,
+          epoch_end: EpochEndFn | None = None) -> tuple[SanceModel, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last terms.
 
-    ``on_epoch_end(epoch, model)`` (1-based epoch) runs after each epoch's last step; what it returns
-    is added to that step's metrics and history row (e.g. ``pseudo_miou``, paper Fig. 5).
+    ``fingerprint_extra`` joins the resume fingerprint (e.g. a hash of the inputs); ``epoch_end``
+    runs after every epoch, e.g. to evaluate pseudo labels (see :func:`sance_core.engine.fit`).
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg, classifier_dir).to(device)
     optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.new_lr_mult, cfg.weight_decay),
                                 lr=cfg.lr, momentum=cfg.momentum)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-
     paste = cfg.paste.enabled and cfg.spec.online
-    steps_per_epoch = len(EpochBatches(len(data), cfg, 0, paste=paste))
+
+    def batches(epoch: int, start_batch: int) -> EpochBatches:
+        return EpochBatches(len(data), cfg, epoch, start_batch, paste=paste)
+
+    steps_per_epoch = len(batches(0, 0))
     total_steps = steps_per_epoch * cfg.epochs
     online_start = int(round(cfg.online.warmup * total_steps))
-    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None
-    resume_history = Path(cfg.resume_dir) / "history.csv" if cfg.resume_dir else None
-    step = 0
-    if checkpoints is not None:
-        state = checkpoints.load_latest(model, optimizer)
-        if state is not None:
-            step = int(state["step"])
-            if history is not None and resume_history is not None:
-                history.load(resume_history)
-                history.rows = [r for r in history.rows if r.get("step", 0) <= step]
+
+    def step(model: SanceModel, batch: dict[str, torch.Tensor], ctx: StepContext) -> StepResult:
+        batch = {k: (v.to(ctx.device, non_blocking=True) if k != "small" else v) for k, v in batch.items()}
+        loss, terms, logs = training_step(cfg, model, batch, ctx.step >= online_start, ctx.autocast)
+        return StepResult(loss, {"loss": loss, **terms}, logs)
+
+    loop = LoopConfig(f"sance[{cfg.mode}]", total_steps, steps_per_epoch, cfg.seed, cfg.poly_power, amp=cfg.amp,
+                      grad_clip=cfg.grad_clip, workers=cfg.workers)
+    resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
+                    CheckpointPolicy(every_epochs=1)) if cfg.resume_dir else None
     log.info("training SANCE (%s, %s, stride %d) on %d images: %d epochs x %d steps, batch %d, crop %d, "
              "online labels from step %d, paste %s, device %s", cfg.mode, cfg.backbone, cfg.output_stride,
              len(data), cfg.epochs, steps_per_epoch, min(cfg.batch_size, len(data)), cfg.crop_size,
              online_start if cfg.spec.online else -1, paste, device)
-    model.train()
-    metrics: dict[str, float] = {}
-    progress = tqdm(total=total_steps, initial=step, desc=f"sance[{cfg.mode}]", unit="step", mininterval=5)
-    while step < total_steps:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        batches = EpochBatches(len(data), cfg, epoch, start_batch, paste=paste)
-        loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        for batch in loader:
-            batch = {k: (v.to(device, non_blocking=True) if k != "small" else v) for k, v in batch.items()}
-            lr = set_poly_lr(optimizer, step, total_steps, cfg.poly_power)
-            loss, terms, logs = training_step(cfg, model, batch, step >= online_start, autocast)
-            check_finite(step, loss=loss, **terms)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                logs["grad_norm"] = float(grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            metrics = {"step": step, "epoch": epoch + 1, "lr": float(lr), "loss": float(loss.detach()), **logs}
-            if history is not None:
-                history.append(**metrics)
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-            end_of_epoch = step % steps_per_epoch == 0
-            if end_of_epoch and on_epoch_end is not None:
-                extra = {k: float(v) for k, v in on_epoch_end(epoch + 1, model).items()}
-                metrics.update(extra)
-                if history is not None:
-                    history.rows[-1].update(extra)
-            if checkpoints is not None and (end_of_epoch or step == stop_after_step):
-                # history first: a crash between the two leaves an older checkpoint, and a resume keeps
-                # only the history rows up to its step, so both stay consistent
-                if history is not None and resume_history is not None:
-                    history.save(resume_history)
-                checkpoints.save(step, epoch, model, optimizer, {"metrics": metrics})
-            if step == stop_after_step:
-                progress.close()
-                return model, metrics
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("step", "epoch")))
-    progress.close()
+    metrics = fit(model, optimizer, data, batches, step, loop, device, resume=resume, history=history,
+                  epoch_end=epoch_end, stop_after_step=stop_after_step)
     return model, metrics
 
 
@@ -583,31 +523,21 @@ LOSS_COLUMNS = ["loss", "cam_contour", "cam_seg", "online_contour", "online_seg"
 def run_stage(cfg: SanceConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, float]:
     """Inputs ``manifest``, ``seeds`` (shard list), optional ``classifier`` (its model.pt);
     outputs ``model`` (model.pt), ``config`` (config.json), ``history`` (CSV), ``curve`` (PNG)."""
-    seeds = inputs["seeds"]
-    seeds = [seeds] if isinstance(seeds, (str, Path)) else list(seeds)
     classifier = inputs.get("classifier")
     classifier_dir = Path(classifier).parent if classifier else None
-    data = load_training_set(cfg, inputs["manifest"], seeds)
-    out_dir = Path(outputs["model"]).parent
-    for key in ("config", "history", "curve"):
-        if Path(outputs[key]).parent != out_dir:
-            raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_training_set(cfg, inputs["manifest"], as_paths(inputs["seeds"]))
+    training_outputs_dir(outputs)
     history = History(outputs["history"])
-    hook = None
-    if cfg.epoch_eval.images > 0:
+    epoch_end = None
+    if cfg.epoch_eval.images > 0:  # paper Fig. 5: pseudo-label mIoU after each epoch
         tags = {i: [int(c) + 1 for c in np.flatnonzero(t)] for i, t in zip(data.ids, data.tags)}
-        cams = inputs.get("cam") or []
-        hook = EpochEvaluator(cfg.epoch_eval, cfg.dataset, data.ids, tags,
-                              [cams] if isinstance(cams, (str, Path)) else list(cams))
-    model, metrics = train(cfg, data, classifier_dir, history, on_epoch_end=hook)
-    history.save(outputs["history"])
-    columns = [c for c in LOSS_COLUMNS if any(c in r for r in history.rows)]
-    history.plot(outputs["curve"], columns, title=f"SANCE ({cfg.mode}, {cfg.backbone})")
-    save_model(model.cpu(), model_config(cfg), out_dir)
-    if cfg.resume_dir:
-        CheckpointManager(cfg.resume_dir).clear()
-        (Path(cfg.resume_dir) / "history.csv").unlink(missing_ok=True)
+        evaluator = EpochEvaluator(cfg.epoch_eval, cfg.dataset, data.ids, tags, as_paths(inputs.get("cam") or []))
+
+        def epoch_end(event):
+            return evaluator(event.epoch + 1, event.model)
+    model, metrics = train(cfg, data, classifier_dir, history, epoch_end=epoch_end)
+    write_training_outputs(model, model_config(cfg), history, outputs, LOSS_COLUMNS,
+                           f"SANCE ({cfg.mode}, {cfg.backbone})", cfg.resume_dir)
     log.info("SANCE %s done: %s", cfg.mode,
              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("step", "epoch")))
     return metrics

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sance_core.io.files import atomic_path
 from sance_core.models.backbones import BACKBONES
 from sance_core.config import to_dict
-from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.dataset import DatasetSpec, load_split
 from sance_core.io.images import DataError, read_image
 from sance_core.constants import IGNORE_INDEX
 from sance_core.io.palette import read_label_png
@@ -42,7 +41,22 @@ from sance_core.ops.inference import FUSIONS, _check_scales, predict_label
 from sance_core.models.deeplab import DEFAULT_RATES, DeepLabV2, arch_config, build_from_config
 from sance_core.runtime import map_on_devices, resolve_device, seed_everything, visible_devices
 from sance_core.io.store import ArtifactWriter
-from sance_core.engine.training import MODEL_FILE, CheckpointManager, History, check_finite, load_model, save_model, set_poly_lr
+from sance_core.engine import (
+    CheckpointPolicy,
+    EpochBatches,
+    History,
+    LoopConfig,
+    Resume,
+    StepContext,
+    StepResult,
+    fingerprint,
+    fit,
+    training_outputs_dir,
+    write_training_outputs,
+)
+from sance_core.engine.loop import EpochEndFn
+from sance_core.engine.settings import check_training_config
+from sance_core.io.weights import MODEL_FILE, load_model
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +107,7 @@ class SegmenterConfig:
             raise ValueError("set either weights (an ImageNet file) or init_from_classifier, not both")
         if not self.rates or any(r < 1 for r in self.rates):
             raise ValueError(f"rates must be a non-empty list of integers >= 1, got {list(self.rates)}")
-        for key in ("iterations", "batch_size", "crop_size", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
-        if self.lr <= 0 or self.head_lr_mult <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("need lr > 0, head_lr_mult > 0, weight_decay >= 0 and 0 <= momentum < 1")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        check_training_config(self, ("iterations", "batch_size", "crop_size", "checkpoint_every"), "head_lr_mult")
 
 
 @dataclass(frozen=True)
@@ -221,35 +227,9 @@ class SegmentationData(Dataset):
         return normalize_image(crop), torch.from_numpy(label_crop.astype(np.int64))
 
 
-class EpochBatches:
-    """Batches of ``(index, sample_seed)`` for one epoch: a seeded permutation, last partial batch dropped."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0) -> None:
-        self.batch_size = min(batch_size, n)
-        self.n_batches = n // self.batch_size
-        self.order = np.random.default_rng([seed, epoch]).permutation(n)
-        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
-
-    def __len__(self) -> int:
-        return self.n_batches - self.start_batch
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for b in range(self.start_batch, self.n_batches):
-            positions = range(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [(int(self.order[p]), int(np.random.default_rng([self.seed, self.epoch, p, 11]).integers(2**31)))
-                   for p in positions]
-
-
 def load_training_set(cfg: SegmenterConfig, manifest_path: str | Path, label_dir: str | Path | None) -> SegmentationData:
     """Ids of ``cfg.split`` from the manifest; every label file must exist before training starts."""
-    manifest = Manifest.load(manifest_path)
-    if list(manifest.classes) != list(cfg.dataset.classes):
-        raise DataError(
-            f"{manifest_path}: manifest classes {manifest.classes} differ from data.classes {list(cfg.dataset.classes)}"
-        )
-    ids = manifest.ids(cfg.split)
-    if not ids:
-        raise DataError(f"{manifest_path}: split {cfg.split!r} has no images")
+    _, ids = load_split(manifest_path, cfg.dataset, cfg.split)
     if cfg.label_source == "pseudo_labels":
         if label_dir is None:
             raise ValueError("label_source is 'pseudo_labels' but no 'labels' input (pseudo-label PNG folder) was given")
@@ -280,11 +260,6 @@ def _pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1)[valid] == labels[valid]).float().mean())
 
 
-def _fingerprint(cfg: SegmenterConfig) -> dict[str, Any]:
-    """The settings a checkpoint must share to be resumed (not where or how fast it runs)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "workers", "resume_dir", "checkpoint_every")}
-
-
 def build_model(cfg: SegmenterConfig, classifier_dir: str | Path | None = None) -> DeepLabV2:
     """A fresh DeepLab-v2; its backbone from ``cfg.weights``, the CAM classifier, or random init."""
     model = DeepLabV2(cfg.dataset.num_classes, cfg.backbone, cfg.weights, cfg.output_stride, cfg.rates,
@@ -298,72 +273,42 @@ def build_model(cfg: SegmenterConfig, classifier_dir: str | Path | None = None) 
     return model
 
 
+def deeplab_step(model: DeepLabV2, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepResult:
+    """Pixel-wise cross-entropy of one batch ``(images [B,3,H,W], labels [B,H,W])``; the pixel accuracy."""
+    images, labels = (t.to(ctx.device, non_blocking=True) for t in batch)
+    logits = model(images)
+    loss = segmentation_loss(logits, labels)
+    return StepResult(loss, {"cross_entropy": loss}, {"pixel_accuracy": _pixel_accuracy(logits.detach(), labels)})
+
+
 def train(cfg: SegmenterConfig, data: SegmentationData, history: History | None = None,
-          stop_after_step: int | None = None, classifier_dir: str | Path | None = None) -> tuple[DeepLabV2, dict[str, float]]:
+          stop_after_step: int | None = None, classifier_dir: str | Path | None = None,
+          fingerprint_extra: Mapping[str, Any] | None = None,
+          epoch_end: EpochEndFn | None = None) -> tuple[DeepLabV2, dict[str, float]]:
     """Train for ``cfg.iterations`` SGD steps (resuming from ``cfg.resume_dir``); returns the model and last metrics.
 
-    ``stop_after_step`` ends the run after a checkpoint at that step, as a crash would.
+    ``stop_after_step`` ends the run after a checkpoint at that step, as a crash would;
+    ``fingerprint_extra`` and ``epoch_end`` as in :func:`sance_core.engine.fit`.
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg, classifier_dir).to(device)
     optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay),
                                 lr=cfg.lr, momentum=cfg.momentum)
-    steps_per_epoch = len(EpochBatches(len(data), cfg.batch_size, cfg.seed, 0))
-    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None
-    resume_history = Path(cfg.resume_dir) / "history.csv" if cfg.resume_dir else None
-    step, elapsed = 0, 0.0
-    if checkpoints is not None:
-        state = checkpoints.load_latest(model, optimizer)
-        if state is not None:
-            step = int(state["step"])
-            elapsed = float(state["extra"].get("elapsed_s", 0.0))
-            if history is not None and resume_history is not None:
-                history.load(resume_history)
-                history.rows = [r for r in history.rows if r.get("step", 0) <= step]
+
+    def batches(epoch: int, start_batch: int) -> EpochBatches:
+        return EpochBatches(len(data), cfg.batch_size, cfg.seed, epoch, start_batch, stream=11)
+
+    steps_per_epoch = len(batches(0, 0))
+    loop = LoopConfig(f"deeplab {cfg.mode}", cfg.iterations, steps_per_epoch, cfg.seed, cfg.poly_power, workers=cfg.workers,
+                      time_column=True)
+    resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
+                    CheckpointPolicy(every_iterations=cfg.checkpoint_every)) if cfg.resume_dir else None
     log.info("training DeepLab-v2 (%s, %s labels of mode %s) on %d images: %d iterations, batch %d, crop %d, "
              "%.1f epochs, device %s", cfg.backbone, cfg.label_source, cfg.mode, len(data), cfg.iterations,
              min(cfg.batch_size, len(data)), cfg.crop_size, cfg.iterations / steps_per_epoch, device)
-    metrics: dict[str, float] = {}
-    model.train()
-    progress = tqdm(total=cfg.iterations, initial=step, desc=f"deeplab {cfg.mode}", unit="step", mininterval=5)
-    start = time.perf_counter() - elapsed
-    while step < cfg.iterations:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        batches = EpochBatches(len(data), cfg.batch_size, cfg.seed, epoch, start_batch)
-        loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            lr = set_poly_lr(optimizer, step, cfg.iterations, cfg.poly_power)
-            logits = model(images)
-            loss = segmentation_loss(logits, labels)
-            check_finite(step, cross_entropy=loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            metrics = {"step": step, "epoch": epoch + 1, "loss": float(loss.item()), "lr": float(lr),
-                       "pixel_accuracy": _pixel_accuracy(logits.detach(), labels),
-                       "elapsed_s": time.perf_counter() - start}
-            if history is not None:
-                history.append(**metrics)
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-            if checkpoints is not None and (step % cfg.checkpoint_every == 0 or step == stop_after_step):
-                # history first: a crash between the two leaves an older checkpoint, and a resume keeps
-                # only the history rows up to its step, so both stay consistent
-                if history is not None and resume_history is not None:
-                    history.save(resume_history)
-                checkpoints.save(step, epoch, model, optimizer, {"elapsed_s": metrics["elapsed_s"]})
-            if step == stop_after_step or step >= cfg.iterations:
-                break
-        if step == stop_after_step:
-            break
-        log.info("epoch %d: loss %.4f, pixel accuracy %.3f", epoch + 1, metrics.get("loss", float("nan")),
-                 metrics.get("pixel_accuracy", float("nan")))
-    progress.close()
+    metrics = fit(model, optimizer, data, batches, deeplab_step, loop, device, resume=resume, history=history,
+                  epoch_end=epoch_end, stop_after_step=stop_after_step)
     return model, metrics
 
 
@@ -373,20 +318,12 @@ def run_train(cfg: SegmenterConfig, inputs: Mapping[str, Any], outputs: Mapping[
     label_dir = inputs.get("labels")
     classifier_dir = Path(inputs["classifier"]).parent if inputs.get("classifier") else None
     data = load_training_set(cfg, inputs["manifest"], label_dir)
-    out_dir = Path(outputs["model"]).parent
-    for key in ("config", "history", "curve"):
-        if Path(outputs[key]).parent != out_dir:
-            raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    training_outputs_dir(outputs)
     history = History(outputs["history"])
     model, metrics = train(cfg, data, history, classifier_dir=classifier_dir)
-    history.save(outputs["history"])
-    history.plot(outputs["curve"], ["loss", "lr", "pixel_accuracy"], title=f"DeepLab-v2 ({cfg.mode}, {cfg.backbone})")
     extra = {"train_seconds": round(metrics.get("elapsed_s", 0.0), 2), "final_loss": metrics.get("loss")}
-    save_model(model.cpu(), model_config(cfg, extra), out_dir)
-    if cfg.resume_dir:  # the model is saved: a later run with other settings must start afresh
-        CheckpointManager(cfg.resume_dir).clear()
-        (Path(cfg.resume_dir) / "history.csv").unlink(missing_ok=True)
+    write_training_outputs(model, model_config(cfg, extra), history, outputs, ["loss", "lr", "pixel_accuracy"],
+                           f"DeepLab-v2 ({cfg.mode}, {cfg.backbone})", cfg.resume_dir)
     log.info("segmenter %s done in %.1f s: final loss %.4f, pixel accuracy %.3f", cfg.mode,
              metrics.get("elapsed_s", float("nan")), metrics.get("loss", float("nan")),
              metrics.get("pixel_accuracy", float("nan")))
