@@ -35,7 +35,7 @@ from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.data.io import DataError, read_image
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop
 from sance_core.runtime import resolve_device, seed_everything
-from sance_core.training import CheckpointManager, History, check_finite, save_model, set_poly_lr
+from sance_core.training import CheckpointManager, History, input_fingerprint, check_finite, save_model, set_poly_lr
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,11 @@ def batch_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
 
 
 def train(cfg: ClassifierConfig, data: ClassificationData, history: History | None = None,
-          stop_after_step: int | None = None) -> tuple[CAMClassifier, dict[str, float]]:
+          stop_after_step: int | None = None, data_key: dict[str, str] | None = None) -> tuple[CAMClassifier, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last metrics.
+
+    ``data_key``: :func:`~sance_core.training.input_fingerprint` of the inputs; a checkpoint of
+    other data is not resumed.
 
     ``stop_after_step`` ends the run early after a checkpoint at that global step, as a crash
     right after a checkpoint would (tests use it to check that resuming repeats the run).
@@ -263,7 +266,7 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
     )
     steps_per_epoch = len(EpochBatches(len(data), cfg.batch_size, cfg.seed, 0))
     total_steps = steps_per_epoch * cfg.epochs
-    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None
+    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg), data_key) if cfg.resume_dir else None
     resume_history = Path(cfg.resume_dir) / "history.csv" if cfg.resume_dir else None
     step = 0
     if checkpoints is not None:
@@ -335,7 +338,7 @@ def run_stage(cfg: ClassifierConfig, inputs: Mapping[str, Any], outputs: Mapping
             raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     history = History(outputs["history"])
-    model, metrics = train(cfg, data, history)
+    model, metrics = train(cfg, data, history, data_key=input_fingerprint(inputs))
     history.save(outputs["history"])
     history.plot(outputs["curve"], ["loss", "lr", "accuracy", "map"], title=f"classifier ({cfg.backbone})")
     save_model(model.cpu(), model_config(cfg), out_dir)

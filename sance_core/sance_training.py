@@ -56,7 +56,7 @@ from sance_core.online_labels import make_online_label
 from sance_core.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.storage import ArtifactError, open_shards
-from sance_core.training import CheckpointManager, History, check_finite, save_model, set_poly_lr
+from sance_core.training import CheckpointManager, History, input_fingerprint, check_finite, save_model, set_poly_lr
 
 log = logging.getLogger(__name__)
 
@@ -488,8 +488,13 @@ def _fingerprint(cfg: SanceConfig) -> dict[str, Any]:
 
 
 def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None = None,
-          history: History | None = None, stop_after_step: int | None = None) -> tuple[SanceModel, dict[str, float]]:
-    """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last terms."""
+          history: History | None = None, stop_after_step: int | None = None,
+          data_key: dict[str, str] | None = None) -> tuple[SanceModel, dict[str, float]]:
+    """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last terms.
+
+    ``data_key``: :func:`~sance_core.training.input_fingerprint` of the inputs; a checkpoint of
+    other data is not resumed.
+    """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg, classifier_dir).to(device)
@@ -505,7 +510,7 @@ def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None =
     steps_per_epoch = len(EpochBatches(len(data), cfg, 0, paste=paste))
     total_steps = steps_per_epoch * cfg.epochs
     online_start = int(round(cfg.online.warmup * total_steps))
-    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None
+    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg), data_key) if cfg.resume_dir else None
     resume_history = Path(cfg.resume_dir) / "history.csv" if cfg.resume_dir else None
     step = 0
     if checkpoints is not None:
@@ -579,7 +584,7 @@ def run_stage(cfg: SanceConfig, inputs: Mapping[str, Any], outputs: Mapping[str,
             raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     history = History(outputs["history"])
-    model, metrics = train(cfg, data, classifier_dir, history)
+    model, metrics = train(cfg, data, classifier_dir, history, data_key=input_fingerprint(inputs))
     history.save(outputs["history"])
     columns = [c for c in LOSS_COLUMNS if any(c in r for r in history.rows)]
     history.plot(outputs["curve"], columns, title=f"SANCE ({cfg.mode}, {cfg.backbone})")

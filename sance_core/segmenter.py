@@ -38,7 +38,7 @@ from sance_core.inference import FUSIONS, CRFParams, _check_scales, predict_labe
 from sance_core.models.deeplab import DEFAULT_RATES, DeepLabV2, arch_config, build_from_config
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.storage import ArtifactWriter
-from sance_core.training import MODEL_FILE, CheckpointManager, History, check_finite, load_model, save_model, set_poly_lr
+from sance_core.training import MODEL_FILE, CheckpointManager, History, input_fingerprint, check_finite, load_model, save_model, set_poly_lr
 
 log = logging.getLogger(__name__)
 
@@ -295,10 +295,12 @@ def build_model(cfg: SegmenterConfig, classifier_dir: str | Path | None = None) 
 
 
 def train(cfg: SegmenterConfig, data: SegmentationData, history: History | None = None,
-          stop_after_step: int | None = None, classifier_dir: str | Path | None = None) -> tuple[DeepLabV2, dict[str, float]]:
+          stop_after_step: int | None = None, classifier_dir: str | Path | None = None,
+          data_key: dict[str, str] | None = None) -> tuple[DeepLabV2, dict[str, float]]:
     """Train for ``cfg.iterations`` SGD steps (resuming from ``cfg.resume_dir``); returns the model and last metrics.
 
-    ``stop_after_step`` ends the run after a checkpoint at that step, as a crash would.
+    ``stop_after_step`` ends the run after a checkpoint at that step, as a crash would. ``data_key``:
+    :func:`~sance_core.training.input_fingerprint` of the inputs; a checkpoint of other data is not resumed.
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -306,7 +308,7 @@ def train(cfg: SegmenterConfig, data: SegmentationData, history: History | None 
     optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.head_lr_mult, cfg.weight_decay),
                                 lr=cfg.lr, momentum=cfg.momentum)
     steps_per_epoch = len(EpochBatches(len(data), cfg.batch_size, cfg.seed, 0))
-    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg)) if cfg.resume_dir else None
+    checkpoints = CheckpointManager(cfg.resume_dir, _fingerprint(cfg), data_key) if cfg.resume_dir else None
     resume_history = Path(cfg.resume_dir) / "history.csv" if cfg.resume_dir else None
     step, elapsed = 0, 0.0
     if checkpoints is not None:
@@ -375,7 +377,7 @@ def run_train(cfg: SegmenterConfig, inputs: Mapping[str, Any], outputs: Mapping[
             raise ValueError(f"outputs model and {key} must share one folder ({outputs['model']}, {outputs[key]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     history = History(outputs["history"])
-    model, metrics = train(cfg, data, history, classifier_dir=classifier_dir)
+    model, metrics = train(cfg, data, history, classifier_dir=classifier_dir, data_key=input_fingerprint(inputs))
     history.save(outputs["history"])
     history.plot(outputs["curve"], ["loss", "lr", "pixel_accuracy"], title=f"DeepLab-v2 ({cfg.mode}, {cfg.backbone})")
     extra = {"train_seconds": round(metrics.get("elapsed_s", 0.0), 2), "final_loss": metrics.get("loss")}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from sance_core.runtime import set_threads, setup_logging
-from sance_core.stages import run_stage
+from sance_core.stages import get_stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +19,37 @@ def _named(namedlist: Any) -> dict[str, Any]:
     return {name: getattr(namedlist, name) for name in namedlist._names}
 
 
+# Settings that decide where and how fast a job runs, never what it computes (a resumed training
+# ends bit-identical to an uninterrupted one). They reach the job from the workflow config when it
+# starts, not through params: Snakemake reruns a job whose params changed, and these must not.
+# stage config field -> key path in the workflow config
+RUNTIME_SETTINGS: dict[str, tuple[str, ...]] = {
+    "device": ("device",),
+    "workers": ("workers",),
+    "checkpoint_interval": ("classifier", "checkpoint_interval"),
+    "checkpoint_every": ("segmentation", "checkpoint_every"),
+}
+
+
+def runtime_settings(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The :data:`RUNTIME_SETTINGS` that ``stage``'s config has, taken from the workflow ``config``."""
+    config_class, _ = get_stage(stage)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    settings = {}
+    for name, path in RUNTIME_SETTINGS.items():
+        value: Any = config
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if name in fields and value is not None:
+            settings[name] = value
+    return settings
+
+
 def run_from_snakemake(smk: Any, stage: str) -> None:
-    """Build the stage config from ``params.cfg`` and run it, logging to the rule's log file."""
+    """Build the stage config from ``params.cfg`` (+ :func:`runtime_settings`) and run it, logging to the rule's log file."""
     setup_logging(smk.log[0] if len(smk.log) else None)
     set_threads(smk.threads)
-    params = dict(smk.params.cfg)
+    params = {**runtime_settings(smk.config, stage), **dict(smk.params.cfg)}
     try:
         run_stage(stage, params, _named(smk.input), _named(smk.output))
     except Exception as err:  # noqa: BLE001 - report cleanly, then fail the job

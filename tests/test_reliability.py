@@ -209,6 +209,33 @@ def test_a_bad_image_stops_the_workflow_before_training_and_skip_drops_it(workdi
     assert "skipping bad input" in (workdir / "logs/own/validate_dataset.log").read_text()
 
 
+def test_editing_a_mask_or_the_tags_after_validation_reruns_it(workdir, tmp_path):
+    """Label sources are inputs of validate_dataset: a changed mask or tags file gives a new manifest
+    (not 'Nothing to be done' with the old labels)."""
+    root, own = _own_dataset(tmp_path)
+    run_snakemake(workdir, "results/own/manifest.json", "--cores", "1", "--configfile", str(own))
+    assert Manifest.load(workdir / "results/own/manifest.json").labels("train")["t0"] == [1]
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:15] = 3
+    time.sleep(1.1)  # a newer modification time than the manifest's on any file system
+    save_label_png(mask, root / "SegmentationClass/t0.png")
+    dry = run_snakemake(workdir, "results/own/manifest.json", "--cores", "1", "--configfile", str(own), "-n")
+    assert "validate_dataset" in dry.stdout
+    run_snakemake(workdir, "results/own/manifest.json", "--cores", "1", "--configfile", str(own))
+    assert Manifest.load(workdir / "results/own/manifest.json").labels("train")["t0"] == [3]
+
+    tags = tmp_path / "tags.yaml"  # the README's tags-only layout: a tags table, no masks
+    (root / "tags.csv").write_text("image,tags,split\nt0,a,train\nt1,b,train\nv0,a,val\n")
+    tags.write_text(yaml.safe_dump({"data": {"name": "own", "format": "tags_csv", "tags_file": "tags.csv",
+                                             "mask_dir": None, "labels": "file"}}))
+    run_snakemake(workdir, "results/own/manifest.json", "--cores", "1", "--configfile", str(own), "--configfile", str(tags))
+    assert Manifest.load(workdir / "results/own/manifest.json").labels("train") == {"t0": [1], "t1": [2]}
+    time.sleep(1.1)
+    (root / "tags.csv").write_text("image,tags,split\nt0,c,train\nt1,b,train\nv0,a,val\n")
+    run_snakemake(workdir, "results/own/manifest.json", "--cores", "1", "--configfile", str(own), "--configfile", str(tags))
+    assert Manifest.load(workdir / "results/own/manifest.json").labels("train") == {"t0": [3], "t1": [2]}
+
+
 @pytest.mark.slow
 def test_skipped_images_never_reach_the_classifier_cams_or_seeds(workdir, tiny_config, tmp_path):
     ids = _demo_data(workdir, tiny_config)
@@ -458,6 +485,44 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_model(tmp_pat
     assert "resumed from" in log and "at step 3 (epoch 0)" in log
     _assert_same_model_and_history(out, _train_classifier_here(tmp_path, "reference"))
     assert not (out / ".resume" / CHECKPOINT_FILE).exists()  # cleared once the model is saved
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed_and_the_log_says_why(tmp_path):
+    """Killed mid-training; then the dataset changes (one image's tags): the rerun does not resume the
+    old checkpoint but starts over, says which input changed, and ends with the model of an
+    uninterrupted run on the new data."""
+    first, out = _train_classifier_process(tmp_path, "crashed", kill="step:4")
+    assert first.returncode == -signal.SIGKILL and (out / ".resume" / CHECKPOINT_FILE).is_file()
+    manifest = Manifest.load(tmp_path / "data/manifest.json")
+    entry = manifest.splits["train"][0]
+    entry["labels"] = [1] if entry["labels"] != [1] else [2]
+    manifest.save(tmp_path / "data/manifest.json")
+
+    rerun, _ = _train_classifier_process(tmp_path, "crashed")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "was trained on other data (changed input(s): manifest); not resuming it, training starts over" in log
+    assert "resumed from" not in log
+    _assert_same_model_and_history(out, _train_classifier_here(tmp_path, "reference"))
+
+
+def test_checkpoint_data_keys_name_each_changed_input(tmp_path, caplog):
+    from sance_core.training import CheckpointManager, input_fingerprint
+
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds/0-of-1.h5").write_bytes(b"seeds v1")
+    _small_voc(tmp_path / "voc")
+    inputs = {"manifest": str(tmp_path / "voc/manifest.json"), "seeds": [str(tmp_path / "seeds/0-of-1.h5")]}
+    before = input_fingerprint(inputs)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    CheckpointManager(tmp_path / "r", {"lr": 0.1}, before).save(3, 0, model, opt)
+    assert CheckpointManager(tmp_path / "r", {"lr": 0.1}, input_fingerprint(inputs)).load_latest(model, opt)["step"] == 3
+    (tmp_path / "seeds/0-of-1.h5").write_bytes(b"seeds v2")
+    after = input_fingerprint(inputs)
+    assert after["manifest"] == before["manifest"] and after["seeds"] != before["seeds"]
+    assert CheckpointManager(tmp_path / "r", {"lr": 0.1}, after).load_latest(model, opt) is None
+    assert "changed input(s): seeds" in caplog.text and not (tmp_path / "r" / CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.slow
@@ -1172,3 +1237,18 @@ def test_seed_evaluation_peak_memory_does_not_grow_with_the_number_of_images(eva
 def test_every_evaluation_streams_image_by_image(eval_data, stage):
     growth, _, _ = _growth(eval_data(stage), stage)
     assert growth < LEAK_BOUND_KB
+
+
+def test_runtime_settings_reach_the_jobs_outside_params():
+    """device, workers and checkpoint timing come from the workflow config at job start (not params,
+    whose change reruns a job), and only for the stages that have them."""
+    from sance_core.snakemake_adapter import runtime_settings
+
+    config = {"device": "cpu", "workers": 3, "classifier": {"checkpoint_interval": 60},
+              "segmentation": {"checkpoint_every": 50}}
+    assert runtime_settings(config, "train_classifier") == {"device": "cpu", "workers": 3, "checkpoint_interval": 60}
+    assert runtime_settings(config, "train_segmenter") == {"device": "cpu", "workers": 3, "checkpoint_every": 50}
+    assert runtime_settings(config, "make_seeds") == {}
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    for key in ('"device"', '"workers"', '"checkpoint_interval"', '"checkpoint_every"'):
+        assert f"{key}:" not in common, f"{key} is a param again: changing it would rerun jobs"

@@ -1,6 +1,8 @@
 # Helpers shared by all stage files (paths, per-stage params as plain dicts, resources).
 # Every hyper-parameter reaches its job through params, built here from the config, so that
-# changing it reruns exactly the stages that read it.
+# changing it reruns exactly the stages that read it. Settings that change no result (device,
+# workers, checkpoint timing) are not params: the job reads them from the config when it starts
+# (sance_core.snakemake_adapter.RUNTIME_SETTINGS), so changing them reruns nothing.
 
 import os
 import sys
@@ -44,13 +46,15 @@ def splits():
 
 
 def dataset_source():
-    """Input that stands for the dataset: the generated demo folder, or the split lists of real data."""
+    """Inputs that stand for the dataset: the generated demo folder, or for real data every file its
+    labels come from (split lists, tags or label file, masks, XML), so that editing one of them
+    reruns validation and what depends on the labels."""
     if config["demo"]["enabled"]:
         return config["data"]["root"]
-    d = config["data"]
-    if d["format"] == "tags_csv":
-        return [f"{d['root']}/{d['tags_file']}"]
-    return [f"{d['root']}/{d['split_dir']}/{s}.txt" for s in splits()]
+    from sance_core.data.dataset import DatasetSpec, label_source_files
+
+    spec = DatasetSpec(**{**dataset_params(), "classes": tuple(config["data"]["classes"])})
+    return label_source_files(spec, splits())
 
 
 def manifest():
@@ -78,7 +82,7 @@ def gpu_resources():
 # Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
 CLASSIFIER_KEYS = (
     "backbone", "weights", "output_stride", "zero_init_residual", "epochs", "batch_size", "crop_size",
-    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "checkpoint_interval",
+    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power",
 )
 
 
@@ -89,8 +93,6 @@ def classifier_params():
         "split": config["data"]["train_split"],
         **{k: c[k] for k in CLASSIFIER_KEYS},
         "seed": config["seed"],
-        "device": config["device"],
-        "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/classifier",
     }
 
@@ -104,8 +106,6 @@ def cam_params():
         "scales": list(c["scales"]),
         "flip": c["flip"],
         "batch_size": c["batch_size"],
-        "device": config["device"],
-        "workers": config["workers"],
         "compression": config["artifacts"]["compression"],
     }
 
@@ -119,7 +119,6 @@ def cam_shards():
 SEGMENTER_TRAIN_KEYS = (
     "backbone", "weights", "init_from_classifier", "output_stride", "rates", "frozen_bn", "iterations",
     "batch_size", "crop_size", "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power",
-    "checkpoint_every",
 )
 
 
@@ -132,8 +131,6 @@ def segmenter_train_params(mode):
         "split": config["data"]["train_split"],
         **{k: s[k] for k in SEGMENTER_TRAIN_KEYS},
         "seed": config["seed"],
-        "device": config["device"],
-        "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/segmenter",
     }
 
@@ -160,7 +157,6 @@ def segmenter_predict_params(mode):
         "fusion": s["fusion"],
         "crf": s["crf"],
         "crf_params": dict(s["crf_params"]),
-        "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
 
@@ -194,8 +190,6 @@ def sance_train_params(mode):
         "split": config["data"]["train_split"],
         **{k: s[k] for k in SANCE_TRAIN_KEYS},
         "seed": config["seed"],
-        "device": config["device"],
-        "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
     }
     if mode == "irnet":  # contour branch and CAM seeds only
@@ -236,7 +230,6 @@ def infer_maps_params(mode):
         "split": config["data"]["train_split"],
         "scales": list(p["scales"]),
         "flip": p["flip"],
-        "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
 
