@@ -35,7 +35,7 @@ from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.data.io import DataError, read_image
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop
 from sance_core.runtime import resolve_device, seed_everything
-from sance_core.training import CheckpointManager, History, input_fingerprint, check_finite, save_model, set_poly_lr
+from sance_core.training import CheckpointManager, History, check_finite, input_fingerprint, save_model, set_poly_lr
 
 log = logging.getLogger(__name__)
 

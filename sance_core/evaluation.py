@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,9 @@ NO_MASKS = "no ground-truth masks for this split: nothing evaluated"
 
 
 def _atomic_write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from sance_core.storage import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _clean(value: Any) -> Any:
@@ -99,12 +96,12 @@ def plot_threshold_curve(curve: Sequence[Mapping[str, Any]], best: float | None,
     ax.set_ylabel("CAM mIoU (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    from sance_core.storage import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp))
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------ iteration

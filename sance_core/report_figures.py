@@ -17,7 +17,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,20 +71,15 @@ def _new_figure(width: float, height: float):
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
-    return path
+    from sance_core.storage import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
 
 
 def _atomic_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from sance_core.storage import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:

@@ -56,7 +56,7 @@ from sance_core.online_labels import make_online_label
 from sance_core.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.storage import ArtifactError, open_shards
-from sance_core.training import CheckpointManager, History, input_fingerprint, check_finite, save_model, set_poly_lr
+from sance_core.training import CheckpointManager, History, check_finite, input_fingerprint, save_model, set_poly_lr
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from sance_core.inference import FUSIONS, CRFParams, _check_scales, predict_labe
 from sance_core.models.deeplab import DEFAULT_RATES, DeepLabV2, arch_config, build_from_config
 from sance_core.runtime import resolve_device, seed_everything
 from sance_core.storage import ArtifactWriter
-from sance_core.training import MODEL_FILE, CheckpointManager, History, input_fingerprint, check_finite, load_model, save_model, set_poly_lr
+from sance_core.training import MODEL_FILE, CheckpointManager, History, check_finite, input_fingerprint, load_model, save_model, set_poly_lr
 
 log = logging.getLogger(__name__)
 
@@ -479,12 +479,9 @@ def render_overlay(image: np.ndarray, label: np.ndarray, classes: Sequence[str],
 
 
 def _atomic_save(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from sance_core.storage import atomic_write
+
+    atomic_write(path, write)
 
 
 def predict_files(model_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path,

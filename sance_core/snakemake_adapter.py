@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from sance_core.runtime import set_threads, setup_logging
 from sance_core.stages import get_stage, run_stage
+from sance_core.storage import ArtifactDamagedError, ArtifactError, DiskFullError, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,28 @@ def run_from_snakemake(smk: Any, stage: str) -> None:
         run_stage(stage, params, _named(smk.input), _named(smk.output))
     except Exception as err:  # noqa: BLE001 - report cleanly, then fail the job
         log.error("stage %s failed: %s", stage, err)
-        if not isinstance(err, (ValueError, KeyError, FileNotFoundError)):
+        if not isinstance(err, (ValueError, KeyError, FileNotFoundError, DiskFullError, ArtifactError)):
             log.exception("traceback")
+        for output in smk.output:  # temporary files of any writer of this job (a full disk must not stay full)
+            remove_stale_temp_files(output)
+        _mark_damaged_input(smk, err)
         sys.exit(1)
+
+
+def _mark_damaged_input(smk: Any, err: BaseException) -> None:
+    """An input artifact that failed its checksums gets modification time 0, older than its own
+    inputs, so the next run rebuilds it and what depends on it instead of failing here again
+    (a removed file would not be rebuilt while the files made from it are up to date). Only a
+    file that is a declared input of this job."""
+    damaged = err if isinstance(err, ArtifactDamagedError) else None
+    cause = err.__cause__ or err.__context__
+    while damaged is None and cause is not None:
+        damaged = cause if isinstance(cause, ArtifactDamagedError) else None
+        cause = cause.__cause__ or cause.__context__
+    if damaged is None:
+        return
+    inputs = {os.path.realpath(str(p)) for p in smk.input}
+    if os.path.realpath(damaged.path) in inputs and damaged.path.is_file():
+        os.utime(damaged.path, (0, 0))
+        log.error("marked the damaged input %s for rebuilding: run snakemake again to rebuild it and what "
+                  "depends on it", damaged.path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,11 +134,9 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _atomic_write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from sance_core.storage import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _cell(value: Any) -> str:

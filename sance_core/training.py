@@ -11,9 +11,8 @@ import hashlib
 import json
 import logging
 import math
-import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,12 +75,15 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from sance_core.storage import remove_stale_temp_files
+    """Serialise in memory, then write the bytes atomically: a full disk is reported as such (torch's
+    own file writer says only 'unexpected pos …') and no partial file stays behind."""
+    import io
 
-    remove_stale_temp_files(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from sance_core.storage import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _sha256_of(path: Path) -> str:
@@ -214,17 +216,19 @@ class History:
 
     def save(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path else self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from sance_core.storage import atomic_write
+
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, path)
-        return path
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        return atomic_write(path, write)
 
     def plot(self, png_path: str | Path, columns: list[str] | None = None, x: str = "step",
              title: str = "training") -> Path:
@@ -249,10 +253,9 @@ class History:
             ax.grid(alpha=0.3)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        png_path = Path(png_path)
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png_path, dpi=100)
-        return png_path
+        from sance_core.storage import atomic_write
+
+        return atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100))
 
 
 def save_model(model: nn.Module, config: dict[str, Any], out_dir: str | Path) -> Path:
@@ -263,9 +266,9 @@ def save_model(model: nn.Module, config: dict[str, Any], out_dir: str | Path) ->
         raise NonFiniteLossError(f"refusing to save a model with non-finite weights ({', '.join(bad[:5])}) to {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_torch_save(model.state_dict(), out_dir / MODEL_FILE)
-    tmp = out_dir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(config, indent=2, default=str))
-    os.replace(tmp, out_dir / CONFIG_FILE)
+    from sance_core.storage import write_text_atomic
+
+    write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, default=str))
     return out_dir / MODEL_FILE
 
 

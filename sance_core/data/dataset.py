@@ -195,10 +195,9 @@ class Manifest:
         return vec
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        tmp.replace(path)
+        from sance_core.storage import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.__dict__, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":

@@ -9,6 +9,7 @@ from typing import Any
 
 from sance_core.data.dataset import Manifest
 from sance_core.data.io import read_id_list
+from sance_core.storage import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -41,5 +42,4 @@ def run_stage(cfg: ShardConfig, inputs: Mapping[str, Any], outputs: Mapping[str,
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     ids = Manifest.load(inputs["manifest"]).ids(cfg.split)
     for path, chunk in zip(paths, shard_ids(ids, len(paths))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text("".join(f"{i}\n" for i in chunk))
+        write_text_atomic(path, "".join(f"{i}\n" for i in chunk))

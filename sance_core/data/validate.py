@@ -211,7 +211,7 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
             log.warning("skipping bad input: %s: %s", p.path, p.reason)
         manifest.skipped = [p.__dict__ for p in problems]
     if fatal:
-        hint = "" if cfg.on_bad_image == "skip" else "\n(set data.on_bad_image: skip to drop bad images instead)"
+        hint = "" if cfg.on_bad_image == "skip" or not problems else "\n(set data.on_bad_image: skip to drop bad images instead)"
         raise DataError(f"dataset {cfg.name!r} at {root} has {len(fatal)} problem(s):\n" + "\n".join(fatal) + hint)
 
     manifest.warnings = _absent_class_warnings(spec, manifest)

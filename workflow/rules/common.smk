@@ -264,7 +264,20 @@ def pseudo_label_targets(mode):
 
 # Stage 8 contours and the report (rules in contours.smk and report.smk).
 def deeplab_modes():
-    return list(config["segmentation"]["modes"])
+    """The DeepLab modes of the config; without masks (data.mask_dir: null) the fully supervised
+    upper bound, which trains on them, is left out with a note (evaluations skip images without
+    a mask, so with none they report no score)."""
+    modes = list(config["segmentation"]["modes"])
+    if not config["data"]["mask_dir"] and "fully_supervised" in modes:
+        modes.remove("fully_supervised")
+    return modes
+
+
+if not config["data"]["mask_dir"] and "fully_supervised" in config["segmentation"]["modes"]:
+    from snakemake.logging import logger
+
+    logger.warning("segmentation.modes: 'fully_supervised' is left out: it trains on ground-truth masks and "
+                   "data.mask_dir is null (remove it from segmentation.modes to silence this note)")
 
 
 def ablation_modes():

@@ -82,4 +82,4 @@ rule evaluate_segmenter:
         "../scripts/evaluate_segmenter.py"
 
 
-TARGETS += [f"{RESULTS}/{m}/eval/segmentation.json" for m in config["segmentation"]["modes"]]
+TARGETS += [f"{RESULTS}/{m}/eval/segmentation.json" for m in deeplab_modes()]
