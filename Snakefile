@@ -63,11 +63,11 @@ include: "workflow/rules/report.smk"
 # (modification time 0, so older than its inputs), so that Snakemake rebuilds it and what reads it
 # instead of failing at its first reader on every run. A cheap check (no data read; dry runs mark
 # too); readers verify the data checksums, and a job whose input fails them marks that input the same way
-# (sance_core.snakemake_adapter). Jobs do not repeat the check.
+# (sance_core.stages.adapter). Jobs do not repeat the check.
 if workflow.is_main_process:
     from snakemake.logging import logger
 
-    from sance_core.storage import mark_damaged_artifacts
+    from sance_core.io.store import mark_damaged_artifacts
 
     for damaged in mark_damaged_artifacts(RESULTS):
         logger.warning(f"damaged artifact {damaged} will be rebuilt")

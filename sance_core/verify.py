@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sance_core.storage import rebuild_hint, verify_artifact
+from sance_core.io.store import rebuild_hint, verify_artifact
 
 log = logging.getLogger(__name__)
 

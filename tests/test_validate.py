@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError, read_image
-from sance_core.data.palette import save_label_png
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
 
 from conftest import shared_data
@@ -185,7 +185,7 @@ def _exif_rotated_jpeg(path: Path, stored_hw: tuple[int, int], orientation: int 
 
 
 def test_exif_orientation_is_applied_when_reading_and_checked_against_the_mask(tmp_path):
-    from sance_core.data.io import image_size
+    from sance_core.io.images import image_size
 
     root = make_voc(tmp_path / "voc")
     _exif_rotated_jpeg(root / "JPEGImages/t0.jpg", (30, 20))  # stored 20 wide, 30 high; shown 30 wide, 20 high

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from sance_core.data.io import DataError, read_image
-from sance_core.data.palette import read_label_png
+from sance_core.io.files import write_text_atomic
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import read_label_png
 
 LABEL_SOURCES = ("masks", "file", "xml")
 FORMATS = ("voc", "tags_csv")
@@ -195,8 +196,6 @@ class Manifest:
         return vec
 
     def save(self, path: str | Path) -> None:
-        from sance_core.storage import write_text_atomic
-
         write_text_atomic(path, json.dumps(self.__dict__, indent=1))
 
     @classmethod

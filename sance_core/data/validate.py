@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from sance_core.constants import IGNORE_INDEX
 from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
-from sance_core.data.io import DataError, check_image_id, read_id_list, read_image
-from sance_core.data.palette import IGNORE_INDEX, read_label_png
 from sance_core.data.readers import read_tags_csv, read_voc_xml_labels
+from sance_core.io.images import DataError, check_image_id, read_id_list, read_image
+from sance_core.io.palette import read_label_png
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +258,3 @@ def _absent_class_warnings(spec: DatasetSpec, manifest: Manifest) -> list[str]:
             warnings.append(f"split {split!r}: class(es) {', '.join(absent)} of data.classes occur in no image "
                             "(their IoU and AP are undefined; check data.classes against the data)")
     return warnings
-
-
-def run_stage(cfg: ValidationConfig, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """Stage ``validate``; output ``manifest``: ids, sizes and image-level labels per split."""
-    validate_dataset(cfg, outputs["manifest"])
