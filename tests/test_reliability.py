@@ -1509,7 +1509,8 @@ def test_tags_only_data_runs_all_end_to_end(workdir, tiny_config, tmp_path):
                  "labels": "file", "label_file": "cls_labels.tsv"},
         "demo": {"enabled": False},
     }))
-    proc = run_snakemake(workdir, "all", "--cores", "2", "--configfile", str(tiny_config), "--configfile", str(tags))
+    proc = run_snakemake(workdir, "all", "--cores", "2", "--configfile", str(tiny_config), "--configfile", str(tags),
+                         timeout=2400)  # the whole tiny pipeline: 900 s were not enough on the loaded 2-core VM
     assert "'fully_supervised' is left out: it trains on ground-truth masks and data.mask_dir is null" in proc.stderr
     results = workdir / "results/tagsonly"
     assert (results / "ablation.tsv").is_file() and (results / "figures/training_curves.png").is_file()
