@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -8,10 +8,15 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 sys.path.insert(0, workflow.basedir)  # this checkout's sance_core, installed or not
-from sance_core.config_checks import relation_errors, schema_error_message
+from sance_core.config_checks import relation_errors, schema_error_message, yaml_syntax_error
 from sance_core.pretrained import check_weights
 
 min_version("9.0")
+
+
+# Snakemake says only "Config file is not valid JSON or YAML": name the file, line and column
+if (_yaml_error := yaml_syntax_error("config.yaml")) is not None:
+    raise WorkflowError(_yaml_error)
 
 
 configfile: "config.yaml"
@@ -67,6 +72,20 @@ include: "workflow/rules/pseudo_labels.smk"
 include: "workflow/rules/segmenter.smk"
 include: "workflow/rules/contours.smk"
 include: "workflow/rules/report.smk"
+
+
+# A damaged artifact (truncated, overwritten, unfinished) is marked before the DAG is built
+# (modification time 0, so older than its inputs), so that Snakemake rebuilds it and what reads it
+# instead of failing at its first reader on every run. A cheap check (no data read; dry runs mark
+# too); readers verify the data checksums, and a job whose input fails them marks that input the same way
+# (sance_core.stages.adapter). Jobs do not repeat the check.
+if workflow.is_main_process:
+    from snakemake.logging import logger
+
+    from sance_core.io.store import mark_damaged_artifacts
+
+    for damaged in mark_damaged_artifacts(RESULTS):
+        logger.warning(f"damaged artifact {damaged} will be rebuilt")
 
 
 rule all:

@@ -152,6 +152,38 @@ def _inspect(p: argparse.ArgumentParser):
     return run
 
 
+@command("check-config", "check that config files are valid YAML (file, line and column of the first error)")
+def _check_config(p: argparse.ArgumentParser):
+    p.add_argument("files", nargs="+", metavar="FILE", help="config YAML files (config.yaml, --configfile ones)")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.config_checks import yaml_syntax_error
+
+        errors = [e for e in map(yaml_syntax_error, args.files) if e is not None]
+        for error in errors:
+            print(error)
+        return 1 if errors else 0
+    return run
+
+
+@command("verify", "check every artifact of a run (HDF5 checksums, models, JSON) and say what to rebuild")
+def _verify(p: argparse.ArgumentParser):
+    p.add_argument("folder", help="a run's results folder, e.g. results/demo (or one file)")
+
+    def run(args: argparse.Namespace) -> int:
+        from sance_core.verify import verify_run
+
+        problems, n_files = verify_run(args.folder)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"{len(problems)} of {n_files} artifact(s) damaged")
+            return 1
+        print(f"all {n_files} artifact(s) of {args.folder} are sound")
+        return 0
+    return run
+
+
 @command("predict", "segment image files or folders with a trained segmenter (palette PNGs + overlays)")
 def _predict(p: argparse.ArgumentParser):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
@@ -252,13 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     from sance_core.config import ConfigError
     from sance_core.io.images import DataError
     from sance_core.runtime import setup_logging
+    from sance_core.io.store import ArtifactError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log, logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args._runner(args) or 0)
-    except (ConfigError, DataError, KeyError, FileNotFoundError) as err:
+    except (ConfigError, DataError, KeyError, FileNotFoundError, ArtifactError) as err:
         log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
         return 2
 

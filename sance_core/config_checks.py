@@ -131,3 +131,24 @@ def relation_errors(config: Mapping[str, Any]) -> list[str]:
             and not _get(config, "sance.online.saliency_dir")):
         errors.append("config key sance.online.saliency_dir: required when sance.online.refine is 'saliency'")
     return errors
+
+
+def yaml_syntax_error(path: str) -> str | None:
+    """``file:line:column: problem`` for a config file that is not valid YAML; None when it parses.
+
+    Snakemake's own message for such a file names neither the file nor the place.
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            yaml.safe_load(f)
+    except FileNotFoundError:
+        return None  # Snakemake reports a missing file itself
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+    return None

@@ -19,7 +19,7 @@ from sance_core.models import build_sance_model
 from sance_core.stages.pseudo_labels import predict_maps
 from sance_core.stages.sance import SanceConfig, model_config
 from sance_core.io.store import ArtifactReader
-from sance_core.engine.training import save_model
+from sance_core.io.weights import save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = ("background", "a", "b")

@@ -136,3 +136,23 @@ def test_export_check_fails_when_the_runtime_disagrees(model_dir, tmp_path):
         check_onnx(different, path, [image], tolerance=1e-3)
     with pytest.raises(ValueError, match="opset"):
         export_onnx(model, config, tmp_path / "old.onnx", 48, 48, opset=11)
+
+
+def test_predict_labels_an_exif_rotated_photo_in_its_shown_orientation(model_dir, voc_images, tmp_path):
+    """A phone photo stored landscape with an EXIF 'rotate 90' tag: labels come out portrait, as it is shown."""
+    with Image.open(voc_images[0]) as img:
+        stored = img.convert("RGB")
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    photo = tmp_path / "in" / "phone.jpg"
+    photo.parent.mkdir()
+    stored.save(photo, exif=exif, quality=92)
+    upright = tmp_path / "in2" / "phone.jpg"
+    upright.parent.mkdir()
+    stored.transpose(Image.Transpose.ROTATE_270).save(upright, quality=92)  # what orientation 6 shows
+    for src, out in ((photo, tmp_path / "a"), (upright, tmp_path / "b")):
+        assert main(["predict", "--model", str(model_dir), str(src), "--out", str(out), "--device", "cpu"]) == 0
+    with Image.open(tmp_path / "a" / "phone.png") as a, Image.open(tmp_path / "b" / "phone.png") as b:
+        assert a.size == b.size == (stored.height, stored.width)
+        # same orientation; the pixels differ only by the second JPEG encoding of the upright copy
+        assert np.mean(np.asarray(a) == np.asarray(b)) > 0.9

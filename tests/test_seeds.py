@@ -226,6 +226,7 @@ def test_param_changes_rerun_only_the_stages_that_read_them(workdir, tiny_config
         return planned_jobs(proc.stdout + proc.stderr)
 
     assert planned({}) == {}
+    assert planned({"workers": 1, "device": "cpu", "classifier": {"checkpoint_interval": 5}}) == {}  # no result changes
     cams_and_seeds = {"extract_cams": 2, "evaluate_cams": 1, "make_seeds": 2, "evaluate_seeds": 1}
     assert planned({"cam": {"scales": [1.0]}}) == cams_and_seeds
     seeds_only = {"make_seeds": 2, "evaluate_seeds": 1}

@@ -364,3 +364,11 @@ def test_tiny_segmenter_rules_run_and_rerun_only_what_changed(workdir, tiny_conf
     assert "predict_segmenter" in dry and "evaluate_segmenter" in dry and "train_segmenter" not in dry
     dry = run_snakemake(workdir, target, "-n", "--configfile", changed("iters", iterations=3)).stdout
     assert "train_segmenter" in dry and "validate_dataset" not in dry
+    # where and how fast it runs changes no result: nothing reruns
+    runtime = yaml.safe_load(tiny_config.read_text())
+    runtime.update(workers=1, device="cpu")
+    runtime["segmentation"] = {**runtime["segmentation"], "checkpoint_every": 7}
+    runtime["classifier"] = {**runtime["classifier"], "checkpoint_interval": 5}
+    (tmp_path / "runtime.yaml").write_text(yaml.safe_dump(runtime))
+    dry = run_snakemake(workdir, target, "-n", "--configfile", str(tmp_path / "runtime.yaml")).stdout
+    assert "Nothing to be done" in dry, dry[-2000:]

@@ -46,7 +46,9 @@ def test_clean_dataset_writes_manifest(tmp_path):
     m = validate_dataset(cfg(root), tmp_path / "m.json")
     loaded = Manifest.load(tmp_path / "m.json")
     assert loaded.ids("train") == ["t0", "t1", "t2"] and loaded.ids("val") == ["v0", "v1"]
-    assert loaded.entries("train")[1] == {"id": "t1", "height": 21, "width": 30, "labels": [2], "has_mask": True}
+    entry = dict(loaded.entries("train")[1])
+    assert len(entry.pop("files_hash")) == 32  # content hash of the image and mask files
+    assert entry == {"id": "t1", "height": 21, "width": 30, "labels": [2], "has_mask": True}
     np.testing.assert_array_equal(loaded.label_vector("train", "t2"), [0, 0, 1])
     assert m.skipped == []
 
@@ -125,3 +127,75 @@ def test_real_voc_fixture_with_masks_and_label_file(tmp_path):
                             labels="file", label_file="cls_labels.tsv")
     m2 = validate_dataset(ValidationConfig("voc-mini", spec_file, ("train", "val")), tmp_path / "m2.json")
     assert {**m2.labels("train"), **m2.labels("val")} == from_masks
+
+
+# ----------------------------------------------------------------- issue: scores inflated or corrupted
+
+
+def test_overlap_duplicate_and_contradictory_tags_are_named_in_one_message(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    (root / "ImageSets/Segmentation/val.txt").write_text("v0\nv1\nt2\n")  # t2 is also a training image
+    # t0's mask holds class 1 (a); the file says b; t1 listed twice with different tags
+    (root / "labels.tsv").write_text("t0\tb\nt1\tb\nt1\ta\nt2\tc\nv0\ta\nv1\tb\n")
+    with pytest.raises(DataError) as err:
+        validate_dataset(cfg(root, spec={"labels": "file", "label_file": "labels.tsv"}), tmp_path / "m.json")
+    msg = str(err.value)
+    assert "labels.tsv:3: id 't1' listed again (first on line 2)" in msg
+    assert "tags [b] contradict the mask" in msg and "t0.png, which holds [a]" in msg
+    assert "1 id(s) in both split 'train' and split 'val'" in msg and "'t2'" in msg
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_duplicate_tags_alone_are_refused_when_read(tmp_path):
+    from sance_core.data.dataset import read_label_file
+
+    path = tmp_path / "labels.tsv"
+    path.write_text("x\ta\nx\tb\n")
+    with pytest.raises(DataError, match=r"labels.tsv:2: id 'x' listed again \(first on line 1\)"):
+        read_label_file(path, CLASSES)
+
+
+def test_a_tags_table_without_split_column_may_reuse_train_as_val(tmp_path):
+    root = make_voc(tmp_path / "voc", n_train=3, n_val=0)
+    (root / "tags.csv").write_text("image,tags\nt0,a\nt1,b\nt2,c\n")
+    m = validate_dataset(cfg(root, spec={"format": "tags_csv", "tags_file": "tags.csv", "mask_dir": None}),
+                         tmp_path / "m.json")
+    assert m.ids("train") == m.ids("val") == ["t0", "t1", "t2"]
+
+
+def test_classes_absent_from_the_data_are_a_manifest_warning(tmp_path, caplog):
+    root = make_voc(tmp_path / "voc", n_train=2, n_val=1)  # classes a, b in train; a in val; c nowhere
+    m = validate_dataset(cfg(root), tmp_path / "m.json")
+    saved = Manifest.load(tmp_path / "m.json").warnings
+    assert saved == m.warnings and len(saved) == 2
+    assert saved[0].startswith("split 'train': class(es) c of data.classes occur in no image")
+    assert saved[1].startswith("split 'val': class(es) b, c of data.classes")
+    assert "occur in no image" in caplog.text
+
+
+def _exif_rotated_jpeg(path: Path, stored_hw: tuple[int, int], orientation: int = 6) -> np.ndarray:
+    """A JPEG stored as ``stored_hw`` with an EXIF orientation tag; returns the stored pixels."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (*stored_hw, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif, quality=95)
+    return pixels
+
+
+def test_exif_orientation_is_applied_when_reading_and_checked_against_the_mask(tmp_path):
+    from sance_core.io.images import image_size
+
+    root = make_voc(tmp_path / "voc")
+    _exif_rotated_jpeg(root / "JPEGImages/t0.jpg", (30, 20))  # stored 20 wide, 30 high; shown 30 wide, 20 high
+    assert read_image(root / "JPEGImages/t0.jpg").shape == (20, 30, 3) and image_size(root / "JPEGImages/t0.jpg") == (20, 30)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:8, 2:8] = 1
+    save_label_png(mask, root / "SegmentationClass/t0.png")  # drawn on the image as shown: accepted
+    m = validate_dataset(cfg(root), tmp_path / "m.json")
+    assert (m.entries("train")[0]["height"], m.entries("train")[0]["width"]) == (20, 30)
+    save_label_png(mask.T.copy(), root / "SegmentationClass/t0.png")  # drawn on the stored pixels: refused, with why
+    with pytest.raises(DataError, match=r"t0.png: mask size 20x30 differs from image size 30x20 \(width and height "
+                                        r"swapped: images are read turned by their EXIF orientation tag"):
+        validate_dataset(cfg(root), tmp_path / "m.json")

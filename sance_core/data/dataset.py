@@ -6,6 +6,7 @@ and any user dataset laid out the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,13 +81,19 @@ class DatasetSpec:
         return Path(self.root) / str(self.tags_file)
 
 
-def read_label_file(path: str | Path, classes: tuple[str, ...]) -> dict[str, list[int]]:
-    """Read image-level labels: ``id<TAB>labels`` per line, labels as class ids or class names."""
+def read_label_file(path: str | Path, classes: tuple[str, ...], problems: list[str] | None = None) -> dict[str, list[int]]:
+    """Read image-level labels: ``id<TAB>labels`` per line, labels as class ids or class names.
+
+    An id listed twice is an error (the first line is kept); with ``problems`` given, these are
+    appended there, for one report with every other problem, instead of raised.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
     name_to_id = {name: i for i, name in enumerate(classes)}
     labels: dict[str, list[int]] = {}
+    first_line: dict[str, int] = {}
+    twice: list[str] = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -103,8 +110,51 @@ def read_label_file(path: str | Path, classes: tuple[str, ...]) -> dict[str, lis
             if not 1 <= value < len(classes):
                 raise DataError(f"{path}:{lineno}: class id {value} outside 1..{len(classes) - 1}")
             ids.append(value)
+        if image_id in labels:  # never let the last line silently win
+            twice.append(f"{path}:{lineno}: id {image_id!r} listed again (first on line {first_line[image_id]})")
+            continue
+        first_line[image_id] = lineno
         labels[image_id] = sorted(set(ids))
+    if twice and problems is not None:
+        problems.extend(twice)
+    elif twice:
+        raise DataError(f"{path} lists {len(twice)} id(s) more than once:\n  " + "\n  ".join(twice))
     return labels
+
+
+def label_source_files(spec: DatasetSpec, splits: tuple[str, ...] | list[str]) -> list[str]:
+    """The files a dataset's labels come from: split lists, tags or label file, and the masks and XML
+    files of the listed ids that exist (missing ones are for validation to report).
+
+    The workflow makes them inputs of validation, so editing any of them reruns what depends on them.
+    Read leniently: a malformed list or table yields just its own path, and validation names the problem.
+    """
+    root = Path(spec.root)
+    files: list[Path] = []
+    ids: list[str] = []
+    if spec.format == "tags_csv":
+        files.append(spec.tags_path())
+        try:
+            from sance_core.data.readers import read_tags_csv
+
+            table = read_tags_csv(spec.tags_path(), spec.classes, spec.image_ext, splits[0], splits[-1])
+            ids = list(table.labels)
+        except (DataError, ValueError, OSError):
+            ids = []
+    else:
+        for split in splits:
+            files.append(spec.split_path(split))
+            if spec.split_path(split).is_file():
+                ids += [line.split()[0] for line in spec.split_path(split).read_text().splitlines() if line.strip()]
+        if spec.labels == "file" and spec.label_file:
+            label_path = Path(spec.label_file)
+            files.append(label_path if label_path.is_absolute() else root / label_path)
+    safe = [i for i in dict.fromkeys(ids) if "/" not in i and ".." not in i and not i.startswith(".")]
+    if spec.mask_dir:
+        files += [p for p in (spec.mask_path(i) for i in safe) if p is not None and p.is_file()]
+    if spec.format != "tags_csv" and spec.labels == "xml":
+        files += [p for p in (spec.annotation_path(i) for i in safe) if p.is_file()]
+    return [str(p) for p in files]
 
 
 @dataclass
@@ -116,6 +166,15 @@ class Manifest:
     classes: list[str]
     splits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def content_hash(self) -> str:
+        """sha256 of the classes and every split's ids, sizes, labels and file hashes (not of where the data lies).
+
+        Training checkpoints are keyed on it: another dataset under the same name never resumes them.
+        """
+        body = json.dumps({"classes": self.classes, "splits": self.splits}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
 
     def ids(self, split: str) -> list[str]:
         return [entry["id"] for entry in self.entries(split)]

@@ -6,6 +6,7 @@ a broken dataset in one round instead of one error per run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,11 +16,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
-from sance_core.io.images import DataError, check_image_id, read_id_list, read_image
 from sance_core.constants import IGNORE_INDEX
-from sance_core.io.palette import read_label_png
+from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
 from sance_core.data.readers import read_tags_csv, read_voc_xml_labels
+from sance_core.io.images import DataError, check_image_id, read_id_list, read_image
+from sance_core.io.palette import read_label_png
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,21 @@ def _label_source(spec: DatasetSpec) -> str:
     return "file" if spec.format == "tags_csv" else spec.labels
 
 
+def _files_hash(paths: list[Path]) -> str:
+    """A short content hash of an image's files (image, mask, annotation), stored in the manifest."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _names(spec: DatasetSpec, ids: list[int]) -> str:
+    return "[" + ", ".join(spec.classes[i] for i in ids) + "]"
+
+
 def _check_one(spec: DatasetSpec, split: str, image_id: str, file_labels: dict[str, list[int]] | None):
     """Return (entry, problems) for one id; never raises for data problems."""
     problems: list[Problem] = []
@@ -81,9 +97,13 @@ def _check_one(spec: DatasetSpec, split: str, image_id: str, file_labels: dict[s
             problems.append(Problem(split, image_id, str(mask_path), "missing mask file"))
     if mask is not None:
         if mask.shape != (height, width):
+            hint = ""
+            if mask.shape == (width, height):
+                hint = (" (width and height swapped: images are read turned by their EXIF orientation tag, as "
+                        "viewers show them, and the mask must be drawn in that orientation)")
             problems.append(Problem(
                 split, image_id, str(mask_path),
-                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size {width}x{height}",
+                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size {width}x{height}{hint}",
             ))
         values = np.unique(mask)
         bad = values[(values >= spec.num_classes) & (values != IGNORE_INDEX)]
@@ -95,22 +115,32 @@ def _check_one(spec: DatasetSpec, split: str, image_id: str, file_labels: dict[s
     if problems:
         return None, problems
 
+    mask_labels = None if mask is None else [int(v) for v in np.unique(mask) if 0 < v < spec.num_classes]
+    hashed = [image_path] + ([mask_path] if mask is not None and mask_path is not None else [])
     if source == "masks":
-        assert mask is not None
-        labels = [int(v) for v in np.unique(mask) if 0 < v < spec.num_classes]
+        assert mask_labels is not None
+        labels = mask_labels
     elif source == "xml":
         try:
             labels = read_voc_xml_labels(spec.annotation_path(image_id), spec.classes)
         except DataError as err:
             path, _, reason = str(err).partition(": ")
             return None, [Problem(split, image_id, path, reason)]
+        hashed.append(spec.annotation_path(image_id))
     else:
         assert file_labels is not None
         if image_id not in file_labels:
-            return None, [Problem(split, image_id, str(spec.label_file), "id has no entry in the label file")]
+            where = spec.tags_path() if spec.format == "tags_csv" else spec.label_file
+            return None, [Problem(split, image_id, str(where), "id has no entry in the label file")]
         labels = file_labels[image_id]
+    if mask_labels is not None and source != "masks" and sorted(labels) != mask_labels:
+        where = spec.annotation_path(image_id) if source == "xml" else (
+            spec.tags_path() if spec.format == "tags_csv" else spec.label_file)
+        return None, [Problem(split, image_id, str(where),
+                              f"tags {_names(spec, sorted(labels))} contradict the mask {mask_path}, "
+                              f"which holds {_names(spec, mask_labels)}")]
     entry = {"id": image_id, "height": int(height), "width": int(width), "labels": labels,
-             "has_mask": mask is not None}
+             "has_mask": mask is not None, "files_hash": _files_hash(hashed)}
     return entry, []
 
 
@@ -122,6 +152,7 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
         raise DataError(f"{root}: data root does not exist (data.root in the config)")
     file_labels = None
     tags = None
+    fatal_labels: list[str] = []
     if spec.format == "tags_csv":
         tags = read_tags_csv(spec.tags_path(), spec.classes, spec.image_ext, cfg.splits[0], cfg.splits[-1])
         file_labels = tags.labels
@@ -129,9 +160,11 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
         label_path = Path(spec.label_file)  # type: ignore[arg-type]
         if not label_path.is_absolute():
             label_path = root / label_path
-        file_labels = read_label_file(label_path, spec.classes)
+        label_problems: list[str] = []
+        file_labels = read_label_file(label_path, spec.classes, label_problems)
+        fatal_labels = [f"  {p}" for p in label_problems]
 
-    fatal: list[str] = []
+    fatal: list[str] = list(fatal_labels)
     problems: list[Problem] = []
     manifest = Manifest(dataset=cfg.name, root=str(root), classes=list(spec.classes))
     for split in cfg.splits:
@@ -171,6 +204,7 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
             fatal.append(f"  {split_path}: no usable image left in split {split!r}")
         manifest.splits[split] = entries
 
+    fatal += _overlap_problems(cfg, manifest, tags)
     if problems and cfg.on_bad_image == "fail":
         fatal = [str(p) for p in problems] + fatal
     elif problems:
@@ -178,9 +212,12 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
             log.warning("skipping bad input: %s: %s", p.path, p.reason)
         manifest.skipped = [p.__dict__ for p in problems]
     if fatal:
-        hint = "" if cfg.on_bad_image == "skip" else "\n(set data.on_bad_image: skip to drop bad images instead)"
+        hint = "" if cfg.on_bad_image == "skip" or not problems else "\n(set data.on_bad_image: skip to drop bad images instead)"
         raise DataError(f"dataset {cfg.name!r} at {root} has {len(fatal)} problem(s):\n" + "\n".join(fatal) + hint)
 
+    manifest.warnings = _absent_class_warnings(spec, manifest)
+    for warning in manifest.warnings:
+        log.warning("%s", warning)
     Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
     manifest.save(manifest_path)
     counts = ", ".join(f"{s}: {len(e)}" for s, e in manifest.splits.items())
@@ -188,3 +225,36 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
     return manifest
 
 
+def _overlap_problems(cfg: ValidationConfig, manifest: Manifest, tags: Any) -> list[str]:
+    """Ids in more than one split: evaluating on training images inflates every score.
+
+    A tags table without a split column is the one documented exception (its val split *is* the
+    train split, said in a warning when it is read).
+    """
+    if tags is not None and not tags.has_split_column:
+        return []
+    spec = cfg.dataset
+    found = []
+    names = list(manifest.splits)
+    for i, a in enumerate(names):
+        ids_a = set(manifest.ids(a))
+        for b in names[i + 1:]:
+            shared = sorted(ids_a & set(manifest.ids(b)))
+            if shared:
+                where = spec.tags_path() if tags is not None else f"{spec.split_path(a)} and {spec.split_path(b)}"
+                shown = ", ".join(repr(x) for x in shared[:10]) + (f" and {len(shared) - 10} more" if len(shared) > 10 else "")
+                found.append(f"  {where}: {len(shared)} id(s) in both split {a!r} and split {b!r} "
+                             f"(training images in the evaluation inflate every score): {shown}")
+    return found
+
+
+def _absent_class_warnings(spec: DatasetSpec, manifest: Manifest) -> list[str]:
+    """Classes of data.classes that no image of a split carries (a typo, or a subset of a dataset)."""
+    warnings = []
+    for split, entries in manifest.splits.items():
+        present = {c for e in entries for c in e["labels"]}
+        absent = [name for i, name in enumerate(spec.classes) if i > 0 and i not in present]
+        if absent:
+            warnings.append(f"split {split!r}: class(es) {', '.join(absent)} of data.classes occur in no image "
+                            "(their IoU and AP are undefined; check data.classes against the data)")
+    return warnings

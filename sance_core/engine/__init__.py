@@ -16,6 +16,7 @@ from sance_core.engine.checkpoint import (
     CheckpointManager,
     CheckpointPolicy,
     fingerprint,
+    input_fingerprint,
 )
 from sance_core.engine.guards import NonFiniteLossError, check_finite, non_finite_tensors
 from sance_core.engine.history import History
@@ -36,6 +37,6 @@ from sance_core.engine.schedule import poly_lr, set_poly_lr
 __all__ = [
     "CHECKPOINT_FILE", "RUNTIME_KEYS", "CheckpointManager", "CheckpointPolicy", "EpochBatches", "EpochEnd",
     "History", "LoopConfig", "NonFiniteLossError", "Resume", "StepContext", "StepResult", "check_finite",
-    "clear_resume", "fingerprint", "fit", "non_finite_tensors", "poly_lr", "sample_seed", "set_poly_lr",
+    "clear_resume", "fingerprint", "fit", "input_fingerprint", "non_finite_tensors", "poly_lr", "sample_seed", "set_poly_lr",
     "training_outputs_dir", "write_training_outputs",
 ]

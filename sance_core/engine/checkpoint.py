@@ -9,6 +9,7 @@ plus what the stage adds (e.g. a hash of its inputs).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -67,12 +68,53 @@ class CheckpointPolicy:
                 and seconds_since_save >= self.min_seconds)
 
 
-class CheckpointManager:
-    """Keep the latest training state (model, optimizer, step, RNG) in ``resume_dir``."""
+def _sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative file names and contents (sorted)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
-    def __init__(self, resume_dir: str | Path | None, fingerprint: dict[str, Any] | None = None) -> None:
+
+def input_fingerprint(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """What a training job learns from, as content hashes, one entry per named input.
+
+    ``manifest``: its content hash (ids, sizes, labels and the hashes of the image, mask and
+    annotation files, see :meth:`Manifest.content_hash`); every other input (seeds, pseudo-label
+    PNGs, the classifier a backbone starts from): sha256 of the file or folder. A training
+    stage passes this as ``data`` to :class:`Resume`, so a checkpoint is resumed only on the very
+    data it was trained on.
+    """
+    from sance_core.data.dataset import Manifest
+
+    key: dict[str, str] = {}
+    for name in sorted(inputs):
+        paths = inputs[name] if isinstance(inputs[name], (list, tuple)) else [inputs[name]]
+        if name == "manifest":
+            key[name] = Manifest.load(paths[0]).content_hash()
+        else:
+            key[name] = hashlib.sha256("".join(_sha256_of(Path(p)) for p in paths).encode()).hexdigest()
+    return key
+
+
+class CheckpointManager:
+    """Keep the latest training state (model, optimizer, step, RNG) in ``resume_dir``.
+
+    ``fingerprint``: the settings a checkpoint must share to be resumed (another one is refused,
+    naming the keys). ``data``: what the training learns from (:func:`input_fingerprint`); a
+    checkpoint of other data is not resumed: the training starts over and the log says which
+    input changed.
+    """
+
+    def __init__(self, resume_dir: str | Path | None, fingerprint: dict[str, Any] | None = None,
+                 data: Mapping[str, str] | None = None) -> None:
         self.dir = Path(resume_dir) if resume_dir else None
         self.fingerprint = json.loads(json.dumps(fingerprint or {}, default=str))
+        self.data = dict(data) if data is not None else None
 
     @property
     def path(self) -> Path | None:
@@ -96,6 +138,7 @@ class CheckpointManager:
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "data": json.dumps(self.data or {}, sort_keys=True),
             "extra": json.dumps(extra or {}, default=str),
         }
         torch_save_atomic(state, self.path)  # type: ignore[arg-type]
@@ -116,6 +159,14 @@ class CheckpointManager:
                 f"{self.path}: checkpoint was written with a different config (differs in {', '.join(diff)}); "
                 "delete the folder to start over"
             )
+        if self.data is not None:
+            saved_data = json.loads(state["data"]) if "data" in state else {}
+            if saved_data != self.data:
+                changed = sorted(k for k in set(saved_data) | set(self.data) if saved_data.get(k) != self.data.get(k))
+                log.warning("%s was trained on other data (changed input(s): %s); not resuming it, training "
+                            "starts over from step 0", self.path, ", ".join(changed))
+                self.clear()
+                return None
         model.load_state_dict(state["model"], strict=True)
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])

@@ -100,6 +100,7 @@ class Resume:
     dir: str | Path
     fingerprint: Mapping[str, Any]
     policy: CheckpointPolicy
+    data: Mapping[str, str] | None = None  # input hashes (input_fingerprint): other data restarts the training
 
 
 def fit(
@@ -132,7 +133,7 @@ def fit(
     def autocast() -> contextlib.AbstractContextManager[Any]:
         return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
 
-    checkpoints = CheckpointManager(resume.dir, dict(resume.fingerprint)) if resume is not None else None
+    checkpoints = CheckpointManager(resume.dir, dict(resume.fingerprint), resume.data) if resume is not None else None
     resume_history = Path(resume.dir) / RESUME_HISTORY if resume is not None else None
     step, elapsed = 0, 0.0
     if checkpoints is not None:

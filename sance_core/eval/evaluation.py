@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sance_core.io.files import write_text_atomic
+from sance_core.io.files import atomic_path, write_text_atomic
 from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.io.images import DataError
 from sance_core.io.palette import read_label_png
@@ -92,12 +91,11 @@ def plot_threshold_curve(curve: Sequence[Mapping[str, Any]], best: float | None,
     ax.set_ylabel("CAM mIoU (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------ iteration

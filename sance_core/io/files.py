@@ -7,9 +7,10 @@ file, and a writer killed mid-way leaves only a ``.<name>.tmp-<pid><suffix>`` si
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,27 @@ def temp_sibling(path: str | Path) -> Path:
     """``.<name>.tmp-<pid><suffix>`` next to ``path`` (the suffix kept so writers pick the format)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system is full; the message names the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+
+    def __str__(self) -> str:
+        return (f"No space left on device while writing {self.filename} (the partial file was removed; "
+                "free some space, then rerun)")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC (or EDQUOT), however the library reports it: errno, or only in the text (HDF5, torch)."""
+    if isinstance(err, DiskFullError):
+        return True
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text
 
 
 def _remove(path: Path) -> None:
@@ -32,7 +54,9 @@ def _remove(path: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on error it is removed.
 
-    Works for files and for folders (an existing folder at ``path`` is replaced as a whole).
+    Works for files and for folders (an existing folder at ``path`` is replaced as a whole). A
+    full disk, however the writer reports it, becomes :class:`DiskFullError` naming ``path``
+    (the temporary file removed, so the disk does not stay full).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +67,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if tmp.is_dir() and not tmp.is_symlink() and path.exists():
             _remove(path)
         os.replace(tmp, path)
+    except Exception as err:
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path) from err
+        raise
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
@@ -52,6 +80,22 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (parent folders created)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` through :func:`atomic_path` (for writers given as a function)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` atomically, synced to disk before the rename (a full disk may only show there)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 

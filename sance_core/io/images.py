@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -58,19 +58,25 @@ def to_rgb_uint8(img: Image.Image, path: str | Path = "<image>") -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file fully (so truncated files fail here, not later) as ``[H, W, 3]`` uint8 RGB."""
+    """Read an image file fully (so truncated files fail here, not later) as ``[H, W, 3]`` uint8 RGB.
+
+    An EXIF orientation tag is applied, so the array is the image as viewers show it (and as its
+    mask was drawn); files without the tag (VOC, COCO) are read unchanged.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb_uint8(img, path)
+            return to_rgb_uint8(ImageOps.exif_transpose(img), path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: unreadable or truncated image ({err})") from err
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the header only."""
+    """(height, width) from the header only, after the EXIF orientation (as :func:`read_image` returns it)."""
     with Image.open(path) as img:
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap the axes
+            return img.width, img.height
         return img.height, img.width

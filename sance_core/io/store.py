@@ -8,6 +8,14 @@ Layout of a file::
 
 Writers write to a temporary sibling file and rename it into place only after
 ``close`` succeeds, so a killed job never leaves a file that looks complete.
+
+Checksums (format 2): every dataset carries HDF5's Fletcher32 filter (checked by HDF5 on each
+read) and a CRC-32 of its stored bytes (``_sance_data_crc``: also catches a damaged chunk index,
+which HDF5 reads back as fill values without complaint), every image group a CRC-32 of its
+attributes and of its datasets' shapes and dtypes (``_sance_crc``), and the file a CRC-32 of its
+ids and file attributes (``_sance_index_crc``).
+Readers check them; damage raises :class:`ArtifactDamagedError` naming the file and how to
+rebuild it. Format-1 files (no checksums) are still read.
 Readers open the file lazily on first access (never across a ``fork``), which
 keeps them safe inside DataLoader workers.
 """
@@ -18,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import traceback
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -29,15 +38,61 @@ import h5py
 import numpy as np
 
 from sance_core import __version__
+from sance_core.io.files import DiskFullError, is_disk_full
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _RESERVED_ATTRS = ("sance_format", "sance_version", "stage", "config_hash", "complete")
+_GROUP_CRC = "_sance_crc"
+_DATA_CRC = "_sance_data_crc"
+_INTERNAL_ATTRS = (_GROUP_CRC, _DATA_CRC)
+_INDEX_CRC = "_sance_index_crc"
 
 
 class ArtifactError(RuntimeError):
     """An artifact file is missing, incomplete or not in the expected format."""
+
+
+def rebuild_hint(path: str | Path) -> str:
+    """How to rebuild an artifact of the workflow: remove it; Snakemake then rebuilds it and what depends on it."""
+    import shlex
+
+    return (f"rebuild it: rm {shlex.quote(str(path))} and run snakemake again (it rebuilds the missing "
+            "file and what depends on it; every snakemake run also rebuilds damaged artifacts that it finds by itself)")
+
+
+class ArtifactDamagedError(ArtifactError):
+    """An artifact's content fails its checksums or its file structure is broken (truncated, overwritten)."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: damaged artifact ({what}); {rebuild_hint(path)}")
+
+
+def _crc(obj: Any) -> int:
+    import zlib
+
+    return zlib.crc32(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def _group_crc(group: h5py.Group) -> int:
+    """CRC-32 of an image group's attributes and of its datasets' names, shapes and dtypes."""
+    attrs = {k: _decode_attr(v) for k, v in group.attrs.items() if k != _GROUP_CRC}
+    datasets = {name: [list(d.shape), d.dtype.str] for name, d in group.items()}
+    return _crc({"attrs": attrs, "datasets": datasets})
+
+
+def _array_crc(array: np.ndarray) -> int:
+    import zlib
+
+    return zlib.crc32(np.ascontiguousarray(array).tobytes())
+
+
+def _index_crc(f: h5py.File) -> int:
+    """CRC-32 of a file's image ids and file attributes."""
+    attrs = {k: _decode_attr(v) for k, v in f.attrs.items() if k != _INDEX_CRC}
+    return _crc({"ids": list(f.keys()), "attrs": attrs})
 
 
 def config_hash(config: Any) -> str:
@@ -64,6 +119,7 @@ READER_METADATA_CACHE_BYTES = 1 << 20
 # (tests/test_reliability.py measures it in fresh processes).
 READER_REOPEN_EVERY = 128
 READER_MAX_OPEN = 8
+WRITER_SPACE_MARGIN = 1 << 20  # bytes kept free for HDF5's metadata when a writer closes its file
 _open_readers: OrderedDict[int, weakref.ref] = OrderedDict()  # LRU of readers with an open file
 _open_readers_pid: int | None = None
 
@@ -188,7 +244,9 @@ class ArtifactWriter:
         _check_id(image_id)
         if image_id in self._file:
             raise ValueError(f"{self.path}: image id {image_id!r} written twice")
+        self._check_space(sum(np.asarray(a).nbytes for a in arrays.values()))
         group = self._file.create_group(image_id)
+        data_crc: dict[str, int] = {}
         for name, array in arrays.items():
             array = np.asarray(array)
             if np.issubdtype(array.dtype, np.floating):
@@ -203,31 +261,76 @@ class ArtifactWriter:
             if array.ndim >= 2 and array.size > 0:
                 # one chunk per class plane: readers usually want whole planes
                 chunks = (1,) * (array.ndim - 2) + array.shape[-2:]
-            group.create_dataset(
+            elif array.size > 0:  # small vectors and scalars: one chunk, so that they carry a checksum too
+                chunks = array.shape or None
+            compress = bool(chunks and array.ndim >= 2)
+            dataset = group.create_dataset(
                 name,
                 data=array,
                 chunks=chunks,
-                compression=self.compression if chunks else None,
-                compression_opts=self.compression_opts if chunks else None,
-                shuffle=bool(chunks and self.compression),
+                compression=self.compression if compress else None,
+                compression_opts=self.compression_opts if compress else None,
+                shuffle=bool(compress and self.compression),
+                fletcher32=bool(chunks),
             )
+            self._flush(dataset)
+            data_crc[name] = _array_crc(array)
         for key, value in (attrs or {}).items():
             group.attrs[key] = _encode_attr(value)
+        group.attrs[_DATA_CRC] = _encode_attr(data_crc)
+        group.attrs[_GROUP_CRC] = _group_crc(group)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse an image whose data (uncompressed) would not fit with WRITER_SPACE_MARGIN to spare.
+
+        HDF5 meets a full disk badly: failed writes of cached data are only printed, and a file
+        that hit ENOSPC can crash the process when it is closed. Checking first keeps HDF5 out of
+        that state; :meth:`_flush` still catches what the estimate misses.
+        """
+        stat = os.statvfs(self._tmp.parent)
+        if stat.f_bavail * stat.f_frsize < nbytes + WRITER_SPACE_MARGIN:
+            raise DiskFullError(self.path)
+
+    def _flush(self, dataset: h5py.Dataset) -> None:
+        """Write the dataset's cached chunks now: HDF5 would otherwise write them when the object is
+        freed, where a failed write (a full disk) is only printed, never raised."""
+        try:
+            dataset.flush()
+        except Exception as err:
+            if not is_disk_full(err):
+                raise
+            full = True
+        else:
+            full = False
+        if full:  # raised outside the handler: no traceback keeps HDF5 objects alive past the file's close
+            raise DiskFullError(self.path)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
         assert self._file is not None
+        done = False
+        if tb is not None:  # free the HDF5 objects the failed frames hold before the file closes (else a
+            traceback.clear_frames(tb.tb_next)  # dataset freed after its file closed on a full disk crashes HDF5)
         try:
             if exc_type is None:
                 self._file.attrs["complete"] = True
                 self._file.attrs["n_images"] = len(self._file)
+                self._file.attrs[_INDEX_CRC] = _index_crc(self._file)
             self._file.close()
-        finally:
-            self._file = None
             if exc_type is None:
                 os.replace(self._tmp, self.path)
+                done = True
                 log.info("wrote %s", self.path)
-            else:
+        except Exception as err:
+            if is_disk_full(err):
+                raise DiskFullError(self.path) from err
+            raise
+        finally:
+            self._file = None
+            if not done:
                 self._tmp.unlink(missing_ok=True)
+        if exc is not None and isinstance(exc, Exception) and is_disk_full(exc):
+            raise DiskFullError(self.path) from exc
+        return False
 
 
 class ArtifactReader:
@@ -239,6 +342,7 @@ class ArtifactReader:
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._reads = 0
+        self._index_checked = False
         if not self.path.exists():
             raise ArtifactError(f"{self.path}: artifact file does not exist")
 
@@ -255,9 +359,20 @@ class ArtifactReader:
             try:
                 f = h5py.File(self.path, "r")
             except OSError as err:
-                raise ArtifactError(f"{self.path}: not a readable HDF5 file ({err})") from err
+                raise ArtifactDamagedError(self.path, f"not a readable HDF5 file: {err}") from None
             _bound_metadata_cache(f)
-            if not bool(f.attrs.get("complete", False)):
+            try:
+                complete = bool(f.attrs.get("complete", False))
+                if complete and not self._index_checked and _INDEX_CRC in f.attrs:
+                    if int(f.attrs[_INDEX_CRC]) != _index_crc(f):
+                        raise ArtifactDamagedError(self.path, "its ids or file attributes fail their checksum")
+                    self._index_checked = True
+            except Exception as err:  # noqa: BLE001 - broken metadata fails in many ways; all mean damage
+                f.close()
+                if isinstance(err, ArtifactDamagedError):
+                    raise
+                raise ArtifactDamagedError(self.path, f"unreadable file structure: {err}") from None
+            if not complete:
                 f.close()
                 raise ArtifactError(f"{self.path}: artifact is incomplete (its writer did not finish)")
             stage = f.attrs.get("stage")
@@ -291,7 +406,7 @@ class ArtifactReader:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {k: _decode_attr(v) for k, v in self.file.attrs.items()}
+        return {k: _decode_attr(v) for k, v in self.file.attrs.items() if k != _INDEX_CRC}
 
     def ids(self) -> list[str]:
         return list(self.file.keys())
@@ -310,25 +425,46 @@ class ArtifactReader:
 
     def _group(self, image_id: str) -> h5py.Group:
         try:
-            return self.file[image_id]
-        except KeyError:
-            raise KeyError(f"{self.path}: no image id {image_id!r}") from None
+            present = image_id in self.file
+        except Exception as err:  # noqa: BLE001
+            raise ArtifactDamagedError(self.path, f"unreadable index ({err})") from None
+        if not present:
+            raise KeyError(f"{self.path}: no image id {image_id!r}")
+        try:
+            group = self.file[image_id]
+            if _GROUP_CRC in group.attrs and int(group.attrs[_GROUP_CRC]) != _group_crc(group):
+                raise ArtifactDamagedError(self.path, f"image {image_id!r}: its attributes, shapes or dtypes "
+                                                      "fail their checksum")
+        except Exception as err:  # noqa: BLE001 - broken metadata fails in many ways; all mean damage
+            if isinstance(err, ArtifactDamagedError):
+                raise
+            raise ArtifactDamagedError(self.path, f"image {image_id!r}: unreadable ({err})") from None
+        return group
 
     def read(self, image_id: str, name: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
-        """One array (float16 maps come back as float32) or all arrays of an image."""
+        """One array (float16 maps come back as float32) or all arrays of an image (checksums verified)."""
         group = self._group(image_id)
-        if name is not None:
-            if name not in group:
-                raise KeyError(f"{self.path}: image {image_id!r} has no dataset {name!r} (has {list(group)})")
-            out: dict[str, np.ndarray] | np.ndarray = _as_float32(group[name][()])
-        else:
-            out = {k: _as_float32(v[()]) for k, v in group.items()}
+        if name is not None and name not in group:
+            raise KeyError(f"{self.path}: image {image_id!r} has no dataset {name!r} (has {list(group)})")
+        try:
+            names = [name] if name is not None else list(group)
+            raw = {k: group[k][()] for k in names}
+            expected = _decode_attr(group.attrs[_DATA_CRC]) if _DATA_CRC in group.attrs else {}
+        except Exception as err:  # noqa: BLE001 - Fletcher32 mismatch, broken chunk index, ...
+            del group
+            raise ArtifactDamagedError(self.path, f"image {image_id!r}: data fails its checksum or is "
+                                                  f"unreadable ({str(err).splitlines()[0]})") from None
         del group
+        for k, array in raw.items():
+            if k in expected and _array_crc(array) != int(expected[k]):
+                raise ArtifactDamagedError(self.path, f"image {image_id!r}: dataset {k!r} fails its checksum")
+        out: dict[str, np.ndarray] | np.ndarray = (
+            _as_float32(raw[name]) if name is not None else {k: _as_float32(v) for k, v in raw.items()})
         self._count_read()
         return out
 
     def image_attrs(self, image_id: str) -> dict[str, Any]:
-        return {k: _decode_attr(v) for k, v in self._group(image_id).attrs.items()}
+        return {k: _decode_attr(v) for k, v in self._group(image_id).attrs.items() if k not in _INTERNAL_ATTRS}
 
 
 def _as_float32(array: np.ndarray) -> np.ndarray:
@@ -345,3 +481,55 @@ def open_shards(paths: list[str | Path], expect_stage: str | None = None) -> dic
                 raise ArtifactError(f"image id {image_id!r} is in both {index[image_id].path} and {path}")
             index[image_id] = reader
     return index
+
+
+def verify_artifact(path: str | Path) -> str | None:
+    """Read every image of an artifact, checking every checksum; None when sound, else what is wrong."""
+    try:
+        with ArtifactReader(path) as reader:
+            version = int(reader.attrs.get("sance_format", 1))
+            for image_id in reader.ids():
+                reader.image_attrs(image_id)
+                reader.read(image_id)
+            if reader.attrs.get("n_images", len(reader)) != len(reader):
+                return str(ArtifactDamagedError(path, f"holds {len(reader)} images, its writer wrote "
+                                                      f"{reader.attrs['n_images']}"))
+            if version < 2:
+                log.warning("%s: format %d, written without checksums; only its structure was checked", path, version)
+    except ArtifactError as err:
+        return str(err) if "rebuild it" in str(err) else f"{err}; {rebuild_hint(path)}"
+    return None
+
+
+def quick_check(path: str | Path) -> str | None:
+    """Cheap check of an artifact (opens it; ids and file attributes against their checksum, no data
+    read): catches truncated, overwritten and unfinished files. None when it passes."""
+    try:
+        reader = ArtifactReader(path)
+        try:
+            _ = reader.file
+        finally:
+            reader.close()
+    except ArtifactError as err:
+        return str(err)
+    return None
+
+
+def mark_damaged_artifacts(folder: str | Path) -> list[Path]:
+    """Give every ``*.h5`` under ``folder`` that fails :func:`quick_check` the modification time 0
+    (logging why): older than its inputs, Snakemake rebuilds it and reruns what reads it, leaving
+    its good neighbours alone. (A removed intermediate file would not be rebuilt while the files
+    made from it are up to date.) Returns the marked files."""
+    marked = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return marked
+    for path in sorted(folder.rglob("*.h5")):
+        if path.name.startswith("."):
+            continue
+        problem = quick_check(path)
+        if problem is not None:
+            log.warning("damaged artifact %s will be rebuilt: %s", path, problem.split("; rebuild")[0])
+            os.utime(path, (0, 0))
+            marked.append(path)
+    return marked

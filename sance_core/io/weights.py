@@ -9,19 +9,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from sance_core.io.files import atomic_path, write_text_atomic
+from sance_core.io.files import write_bytes_atomic, write_text_atomic
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_path`, after removing what a killed writer left."""
+    """``torch.save`` to memory, then the bytes through :func:`write_bytes_atomic`, after removing what
+    a killed writer left: a full disk is reported as such (torch's own file writer says only
+    'unexpected pos ...') and no partial file stays behind."""
+    import io
+
     from sance_core.io.store import remove_stale_temp_files
 
     remove_stale_temp_files(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def save_model(model: nn.Module, config: dict[str, Any], out_dir: str | Path) -> Path:

@@ -50,6 +50,7 @@ from sance_core.engine import (
     StepResult,
     fingerprint,
     fit,
+    input_fingerprint,
     training_outputs_dir,
     write_training_outputs,
 )
@@ -189,10 +190,11 @@ def classifier_step(model: CAMClassifier, batch: tuple[torch.Tensor, torch.Tenso
 
 def train(cfg: ClassifierConfig, data: ClassificationData, history: History | None = None,
           stop_after_step: int | None = None, fingerprint_extra: Mapping[str, Any] | None = None,
-          epoch_end: EpochEndFn | None = None) -> tuple[CAMClassifier, dict[str, float]]:
+          epoch_end: EpochEndFn | None = None, data_key: Mapping[str, str] | None = None) -> tuple[CAMClassifier, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last metrics.
 
-    ``fingerprint_extra`` joins the resume fingerprint (e.g. a hash of the inputs); ``epoch_end``
+    ``data_key`` (:func:`~sance_core.engine.input_fingerprint` of the inputs): a checkpoint of other
+    data is not resumed, the training starts over. ``fingerprint_extra`` joins the resume fingerprint; ``epoch_end``
     runs after every epoch (see :func:`sance_core.engine.fit`). ``stop_after_step`` ends the run
     early after a checkpoint at that global step, as a crash right after a checkpoint would.
     """
@@ -209,7 +211,7 @@ def train(cfg: ClassifierConfig, data: ClassificationData, history: History | No
     loop = LoopConfig("classifier", steps_per_epoch * cfg.epochs, steps_per_epoch, cfg.seed, cfg.poly_power,
                       workers=cfg.workers)
     resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
-                    CheckpointPolicy(every_epochs=1, min_seconds=cfg.checkpoint_interval)) if cfg.resume_dir else None
+                    CheckpointPolicy(every_epochs=1, min_seconds=cfg.checkpoint_interval), data_key) if cfg.resume_dir else None
     log.info("training %s on %d images: %d epochs x %d steps, batch %d, crop %d, device %s",
              cfg.backbone, len(data), cfg.epochs, steps_per_epoch, min(cfg.batch_size, len(data)),
              cfg.crop_size, device)
@@ -223,7 +225,7 @@ def run_stage(cfg: ClassifierConfig, inputs: Mapping[str, Any], outputs: Mapping
     data = load_training_set(cfg, inputs["manifest"])
     training_outputs_dir(outputs)
     history = History(outputs["history"])
-    model, metrics = train(cfg, data, history)
+    model, metrics = train(cfg, data, history, data_key=input_fingerprint(inputs))
     write_training_outputs(model, model_config(cfg), history, outputs, ["loss", "lr", "accuracy", "map"],
                            f"classifier ({cfg.backbone})", cfg.resume_dir)
     log.info("classifier done: final loss %.4f, batch accuracy %.3f, batch mAP %.3f",

@@ -66,6 +66,7 @@ from sance_core.engine import (
     StepResult,
     fingerprint,
     fit,
+    input_fingerprint,
     sampler,
     training_outputs_dir,
     write_training_outputs,
@@ -479,10 +480,11 @@ def compute_losses(
 def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None = None,
           history: History | None = None, stop_after_step: int | None = None,
           fingerprint_extra: Mapping[str, Any] | None = None,
-          epoch_end: EpochEndFn | None = None) -> tuple[SanceModel, dict[str, float]]:
+          epoch_end: EpochEndFn | None = None, data_key: Mapping[str, str] | None = None) -> tuple[SanceModel, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last terms.
 
-    ``fingerprint_extra`` joins the resume fingerprint (e.g. a hash of the inputs); ``epoch_end``
+    ``data_key`` (:func:`~sance_core.engine.input_fingerprint` of the inputs): a checkpoint of other
+    data is not resumed, the training starts over. ``fingerprint_extra`` joins the resume fingerprint; ``epoch_end``
     runs after every epoch, e.g. to evaluate pseudo labels (see :func:`sance_core.engine.fit`).
     """
     seed_everything(cfg.seed)
@@ -507,7 +509,7 @@ def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None =
     loop = LoopConfig(f"sance[{cfg.mode}]", total_steps, steps_per_epoch, cfg.seed, cfg.poly_power, amp=cfg.amp,
                       grad_clip=cfg.grad_clip, workers=cfg.workers)
     resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
-                    CheckpointPolicy(every_epochs=1)) if cfg.resume_dir else None
+                    CheckpointPolicy(every_epochs=1), data_key) if cfg.resume_dir else None
     log.info("training SANCE (%s, %s, stride %d) on %d images: %d epochs x %d steps, batch %d, crop %d, "
              "online labels from step %d, paste %s, device %s", cfg.mode, cfg.backbone, cfg.output_stride,
              len(data), cfg.epochs, steps_per_epoch, min(cfg.batch_size, len(data)), cfg.crop_size,
@@ -535,7 +537,8 @@ def run_stage(cfg: SanceConfig, inputs: Mapping[str, Any], outputs: Mapping[str,
 
         def epoch_end(event):
             return evaluator(event.epoch + 1, event.model)
-    model, metrics = train(cfg, data, classifier_dir, history, epoch_end=epoch_end)
+    model, metrics = train(cfg, data, classifier_dir, history, epoch_end=epoch_end,
+                           data_key=input_fingerprint(inputs))
     write_training_outputs(model, model_config(cfg), history, outputs, LOSS_COLUMNS,
                            f"SANCE ({cfg.mode}, {cfg.backbone})", cfg.resume_dir)
     log.info("SANCE %s done: %s", cfg.mode,

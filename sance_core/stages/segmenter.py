@@ -51,6 +51,7 @@ from sance_core.engine import (
     StepResult,
     fingerprint,
     fit,
+    input_fingerprint,
     training_outputs_dir,
     write_training_outputs,
 )
@@ -284,7 +285,7 @@ def deeplab_step(model: DeepLabV2, batch: tuple[torch.Tensor, torch.Tensor], ctx
 def train(cfg: SegmenterConfig, data: SegmentationData, history: History | None = None,
           stop_after_step: int | None = None, classifier_dir: str | Path | None = None,
           fingerprint_extra: Mapping[str, Any] | None = None,
-          epoch_end: EpochEndFn | None = None) -> tuple[DeepLabV2, dict[str, float]]:
+          epoch_end: EpochEndFn | None = None, data_key: Mapping[str, str] | None = None) -> tuple[DeepLabV2, dict[str, float]]:
     """Train for ``cfg.iterations`` SGD steps (resuming from ``cfg.resume_dir``); returns the model and last metrics.
 
     ``stop_after_step`` ends the run after a checkpoint at that step, as a crash would;
@@ -303,7 +304,7 @@ def train(cfg: SegmenterConfig, data: SegmentationData, history: History | None 
     loop = LoopConfig(f"deeplab {cfg.mode}", cfg.iterations, steps_per_epoch, cfg.seed, cfg.poly_power, workers=cfg.workers,
                       time_column=True)
     resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
-                    CheckpointPolicy(every_iterations=cfg.checkpoint_every)) if cfg.resume_dir else None
+                    CheckpointPolicy(every_iterations=cfg.checkpoint_every), data_key) if cfg.resume_dir else None
     log.info("training DeepLab-v2 (%s, %s labels of mode %s) on %d images: %d iterations, batch %d, crop %d, "
              "%.1f epochs, device %s", cfg.backbone, cfg.label_source, cfg.mode, len(data), cfg.iterations,
              min(cfg.batch_size, len(data)), cfg.crop_size, cfg.iterations / steps_per_epoch, device)
@@ -320,7 +321,7 @@ def run_train(cfg: SegmenterConfig, inputs: Mapping[str, Any], outputs: Mapping[
     data = load_training_set(cfg, inputs["manifest"], label_dir)
     training_outputs_dir(outputs)
     history = History(outputs["history"])
-    model, metrics = train(cfg, data, history, classifier_dir=classifier_dir)
+    model, metrics = train(cfg, data, history, classifier_dir=classifier_dir, data_key=input_fingerprint(inputs))
     extra = {"train_seconds": round(metrics.get("elapsed_s", 0.0), 2), "final_loss": metrics.get("loss")}
     write_training_outputs(model, model_config(cfg, extra), history, outputs, ["loss", "lr", "pixel_accuracy"],
                            f"DeepLab-v2 ({cfg.mode}, {cfg.backbone})", cfg.resume_dir)

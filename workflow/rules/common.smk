@@ -1,6 +1,8 @@
 # Helpers shared by all stage files (paths, per-stage params as plain dicts, resources).
 # Every hyper-parameter reaches its job through params, built here from the config, so that
-# changing it reruns exactly the stages that read it.
+# changing it reruns exactly the stages that read it. Settings that change no result (device,
+# workers, checkpoint timing) are not params: the job reads them from the config when it starts
+# (sance_core.stages.adapter.RUNTIME_SETTINGS), so changing them reruns nothing.
 
 import os
 import sys
@@ -61,13 +63,15 @@ def splits():
 
 
 def dataset_source():
-    """Input that stands for the dataset: the generated demo folder, or the split lists of real data."""
+    """Inputs that stand for the dataset: the generated demo folder, or for real data every file its
+    labels come from (split lists, tags or label file, masks, XML), so that editing one of them
+    reruns validation and what depends on the labels."""
     if config["demo"]["enabled"]:
         return config["data"]["root"]
-    d = config["data"]
-    if d["format"] == "tags_csv":
-        return [f"{d['root']}/{d['tags_file']}"]
-    return [f"{d['root']}/{d['split_dir']}/{s}.txt" for s in splits()]
+    from sance_core.data.dataset import DatasetSpec, label_source_files
+
+    spec = DatasetSpec(**{**dataset_params(), "classes": tuple(config["data"]["classes"])})
+    return label_source_files(spec, splits())
 
 
 def manifest():
@@ -84,7 +88,7 @@ def all_targets():
         f"{RESULTS}/eval/seeds.json",
         *[target for mode in sance_modes() for target in pseudo_label_targets(mode)],
         *[f"{mode_dir(m)}/eval/contour.json" for m in sance_modes()],
-        *[f"{RESULTS}/{m}/eval/segmentation.json" for m in config["segmentation"]["modes"]],
+        *[f"{RESULTS}/{m}/eval/segmentation.json" for m in deeplab_modes()],
         *report_targets(),
     ]
 
@@ -102,7 +106,7 @@ def gpu_resources():
 # Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
 CLASSIFIER_KEYS = (
     "backbone", "weights", "output_stride", "zero_init_residual", "epochs", "batch_size", "crop_size",
-    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "recipe", "checkpoint_interval",
+    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "recipe",
 )
 
 
@@ -113,8 +117,6 @@ def classifier_params():
         "split": config["data"]["train_split"],
         **{k: c[k] for k in CLASSIFIER_KEYS},
         "seed": config["seed"],
-        "device": config["device"],
-        "workers": config["workers"],
         "resume_dir": f"{SHARED}/.resume/classifier",
     }
 
@@ -128,8 +130,6 @@ def cam_params():
         "scales": list(c["scales"]),
         "flip": c["flip"],
         "batch_size": c["batch_size"],
-        "device": config["device"],
-        "workers": config["workers"],
         "compression": config["artifacts"]["compression"],
     }
 
@@ -167,7 +167,6 @@ def make_seeds_params():
 SEGMENTER_TRAIN_KEYS = (
     "backbone", "weights", "init_from_classifier", "output_stride", "rates", "frozen_bn", "iterations",
     "batch_size", "crop_size", "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power",
-    "checkpoint_every",
 )
 
 
@@ -180,8 +179,6 @@ def segmenter_train_params(mode):
         "split": config["data"]["train_split"],
         **{k: s[k] for k in SEGMENTER_TRAIN_KEYS},
         "seed": config["seed"],
-        "device": config["device"],
-        "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/segmenter",
     }
 
@@ -208,7 +205,6 @@ def segmenter_predict_params(mode):
         "fusion": s["fusion"],
         "crf": s["crf"],
         "crf_params": dict(s["crf_params"]),
-        "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
 
@@ -276,8 +272,6 @@ def sance_train_params(mode):
         **{k: s[k] for k in SANCE_TRAIN_KEYS},
         "output_stride": settings["output_stride"],
         "seed": config["seed"],
-        "device": config["device"],
-        "workers": config["workers"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
     }
     if s["epoch_eval"]["images"] > 0:  # Fig. 5: pseudo labels as stage 6 makes them, one scale
@@ -329,7 +323,6 @@ def infer_maps_params(mode):
         "split": config["data"]["train_split"],
         "scales": list(p["scales"]) if tta else list(p["scales"][:1]),
         "flip": p["flip"] if tta else False,
-        "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
 
@@ -364,7 +357,20 @@ def pseudo_label_targets(mode):
 
 # Stage 8 contours and the report (rules in contours.smk and report.smk).
 def deeplab_modes():
-    return list(config["segmentation"]["modes"])
+    """The DeepLab modes of the config; without masks (data.mask_dir: null) the fully supervised
+    upper bound, which trains on them, is left out with a note (evaluations skip images without
+    a mask, so with none they report no score)."""
+    modes = list(config["segmentation"]["modes"])
+    if not config["data"]["mask_dir"] and "fully_supervised" in modes:
+        modes.remove("fully_supervised")
+    return modes
+
+
+if not config["data"]["mask_dir"] and "fully_supervised" in config["segmentation"]["modes"]:
+    from snakemake.logging import logger
+
+    logger.warning("segmentation.modes: 'fully_supervised' is left out: it trains on ground-truth masks and "
+                   "data.mask_dir is null (remove it from segmentation.modes to silence this note)")
 
 
 def ablation_modes():
@@ -385,10 +391,9 @@ def contour_maps_params(mode):
     """infer_contours: raw single-scale maps of the val split or of evaluation.contour.id_list."""
     return {
         "dataset": dataset_params(),
-        "mode": mode,
+        "mode": mode_settings(mode)["base"],
         "split": config["data"]["val_split"],
         "id_list": config["evaluation"]["contour"]["id_list"],
-        "device": config["device"],
         "compression": config["artifacts"]["compression"],
     }
 
