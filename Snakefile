@@ -11,6 +11,8 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
 report: "workflow/report/workflow.rst"
 
 
@@ -20,7 +22,18 @@ try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError as err:
     raise WorkflowError(f"{schema_error_message(None, err.__context__)} (see workflow/schemas/config.schema.yaml)", err)
-SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation", "report"]
+SECTIONS = [
+    "data",
+    "demo",
+    "classifier",
+    "cam",
+    "seeds",
+    "evaluation",
+    "sance",
+    "pseudo_labels",
+    "segmentation",
+    "report",
+]
 for section in SECTIONS:
     try:
         validate(config[section], f"workflow/schemas/{section}.schema.yaml")

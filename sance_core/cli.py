@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("sance")
 
@@ -185,8 +186,8 @@ def _export(p: argparse.ArgumentParser):
         if args.image:
             import numpy as np
 
-            from sance_core.io.images import read_image
             from sance_core.data.transforms import resize_image
+            from sance_core.io.images import read_image
 
             image = np.array(resize_image(read_image(args.image), size=(args.height, args.width)))
         try:

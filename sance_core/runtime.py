@@ -110,7 +110,9 @@ def map_on_devices(make_worker, items, devices, queue_size: int = 4):
                     break
                 except queue_lib.Empty:
                     if not procs[k].is_alive():
-                        raise RuntimeError(f"worker on {devices[k]} died (exit code {procs[k].exitcode}) before item {item!r}") from None
+                        raise RuntimeError(
+                            f"worker on {devices[k]} died (exit code {procs[k].exitcode}) before item {item!r}"
+                        ) from None
             if status == "error":
                 message, trace = value
                 raise RuntimeError(f"item {item!r} failed on {devices[k]}: {message}\n{trace}")

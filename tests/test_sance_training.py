@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from sance_core.config import ConfigError, from_dict
+from sance_core.io.store import ArtifactWriter
 from sance_core.stages.sance import (
     SanceConfig,
     SanceData,
@@ -20,7 +21,6 @@ from sance_core.stages.sance import (
     train,
     training_step,
 )
-from sance_core.io.store import ArtifactWriter
 
 DS = {"root": "unused", "classes": ["background", "a", "b"]}
 

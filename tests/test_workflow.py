@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import run_snakemake
 
 
 def test_default_config_passes_the_schema_and_builds_the_dag(workdir):

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
-from sance_core.io.images import DataError, check_image_id, read_id_list, read_image
 from sance_core.constants import IGNORE_INDEX
-from sance_core.io.palette import read_label_png
+from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
 from sance_core.data.readers import read_tags_csv, read_voc_xml_labels
+from sance_core.io.images import DataError, check_image_id, read_id_list, read_image
+from sance_core.io.palette import read_label_png
 
 log = logging.getLogger(__name__)
 

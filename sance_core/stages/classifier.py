@@ -22,13 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from sance_core.models.backbones import BACKBONES
-from sance_core.models.classifier import MODEL_KIND, CAMClassifier
 from sance_core.config import to_dict
 from sance_core.data.dataset import DatasetSpec, load_split
-from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop
-from sance_core.runtime import resolve_device, seed_everything
 from sance_core.engine import (
     CheckpointPolicy,
     EpochBatches,
@@ -44,6 +40,10 @@ from sance_core.engine import (
 )
 from sance_core.engine.loop import EpochEndFn
 from sance_core.engine.settings import check_training_config
+from sance_core.io.images import DataError, read_image
+from sance_core.models.backbones import BACKBONES
+from sance_core.models.classifier import MODEL_KIND, CAMClassifier
+from sance_core.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 

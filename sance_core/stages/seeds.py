@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sance_core.constants import IGNORE_INDEX
 from sance_core.config import to_dict
-from sance_core.ops.crf import CRFConfig, crf_refine_labels
+from sance_core.constants import IGNORE_INDEX
 from sance_core.data.dataset import DatasetSpec
 from sance_core.io.images import DataError, read_image
 from sance_core.io.store import ArtifactReader, ArtifactWriter
+from sance_core.ops.crf import CRFConfig, crf_refine_labels
 
 log = logging.getLogger(__name__)
 

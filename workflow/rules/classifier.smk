@@ -10,20 +10,24 @@ rule train_classifier:
         model=f"{RESULTS}/classifier/model.pt",
         config=f"{RESULTS}/classifier/config.json",
         history=f"{RESULTS}/classifier/history.csv",
-        curve=report(f"{RESULTS}/classifier/curve.png", caption="../report/classifier_curve.rst",
-                     category="Training", subcategory="Classifier"),
-    params:
-        cfg=classifier_params(),
+        curve=report(
+            f"{RESULTS}/classifier/curve.png",
+            caption="../report/classifier_curve.rst",
+            category="Training",
+            subcategory="Classifier",
+        ),
     log:
         f"{LOGS}/train_classifier.log",
     benchmark:
         f"{BENCH}/train_classifier.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=classifier_params(),
     script:
         "../scripts/run_stage.py"

@@ -84,8 +84,20 @@ def gpu_resources():
 
 # Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
 CLASSIFIER_KEYS = (
-    "backbone", "weights", "output_stride", "zero_init_residual", "epochs", "batch_size", "crop_size",
-    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "checkpoint_interval",
+    "backbone",
+    "weights",
+    "output_stride",
+    "zero_init_residual",
+    "epochs",
+    "batch_size",
+    "crop_size",
+    "scale_range",
+    "lr",
+    "head_lr_mult",
+    "weight_decay",
+    "momentum",
+    "poly_power",
+    "checkpoint_interval",
 )
 
 
@@ -124,8 +136,21 @@ def cam_shards():
 
 # Stage 7 (DeepLab): the params of the segmenter jobs of a mode, built from config["segmentation"].
 SEGMENTER_TRAIN_KEYS = (
-    "backbone", "weights", "init_from_classifier", "output_stride", "rates", "frozen_bn", "iterations",
-    "batch_size", "crop_size", "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power",
+    "backbone",
+    "weights",
+    "init_from_classifier",
+    "output_stride",
+    "rates",
+    "frozen_bn",
+    "iterations",
+    "batch_size",
+    "crop_size",
+    "scale_range",
+    "lr",
+    "head_lr_mult",
+    "weight_decay",
+    "momentum",
+    "poly_power",
     "checkpoint_every",
 )
 
@@ -178,9 +203,25 @@ def segmenter_predict_params(mode):
 SANCE_MODES = ("irnet", "sance_naive", "sance")
 SANCE_MODE_RE = "|".join(SANCE_MODES)
 SANCE_TRAIN_KEYS = (
-    "backbone", "weights", "init_from_classifier", "output_stride", "frozen_bn", "contour_channels",
-    "epochs", "batch_size", "crop_size", "scale_range", "lr", "new_lr_mult", "weight_decay", "momentum",
-    "poly_power", "grad_clip", "contour_radius", "contour_power", "amp",
+    "backbone",
+    "weights",
+    "init_from_classifier",
+    "output_stride",
+    "frozen_bn",
+    "contour_channels",
+    "epochs",
+    "batch_size",
+    "crop_size",
+    "scale_range",
+    "lr",
+    "new_lr_mult",
+    "weight_decay",
+    "momentum",
+    "poly_power",
+    "grad_clip",
+    "contour_radius",
+    "contour_power",
+    "amp",
 )
 
 
@@ -300,12 +341,14 @@ def summary_inputs(wildcards):
     mode = wildcards.mode
     inputs = {"manifest": manifest()}
     if mode in sance_modes():
-        inputs.update({
-            "cam": f"{RESULTS}/eval/cam.json",
-            "seeds": f"{RESULTS}/eval/seeds.json",
-            "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
-            "contour": f"{mode_dir(mode)}/eval/contour.json",
-        })
+        inputs.update(
+            {
+                "cam": f"{RESULTS}/eval/cam.json",
+                "seeds": f"{RESULTS}/eval/seeds.json",
+                "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
+                "contour": f"{mode_dir(mode)}/eval/contour.json",
+            }
+        )
     if mode in deeplab_modes():
         inputs["segmentation"] = f"{mode_dir(mode)}/eval/segmentation.json"
     return inputs

@@ -7,6 +7,16 @@ rule make_seeds:
         cam=f"{RESULTS}/cam/{{scatteritem}}.h5",
     output:
         seeds=f"{RESULTS}/seeds/{{scatteritem}}.h5",
+    log:
+        f"{LOGS}/make_seeds_{{scatteritem}}.log",
+    benchmark:
+        f"{BENCH}/make_seeds_{{scatteritem}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         cfg={
             "dataset": dataset_params(),
@@ -15,15 +25,5 @@ rule make_seeds:
             "crf": dict(config["seeds"]["crf"]),
             "compression": config["artifacts"]["compression"],
         },
-    log:
-        f"{LOGS}/make_seeds_{{scatteritem}}.log",
-    benchmark:
-        f"{BENCH}/make_seeds_{{scatteritem}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        ENV
     script:
         "../scripts/run_stage.py"
