@@ -1,6 +1,7 @@
 # The two commands of the README quick start, each doing its own set-up:
 #   make demo   the whole pipeline on the embedded demo dataset
 #   make test   the test suite
+#   make lint   formatting and lint checks (make format fixes what it can)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test test-all venv lint report lock clean
+.PHONY: demo test test-all venv lint format report lock clean
 
 $(STAMP): envs/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +30,13 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
+
+format: $(STAMP)
+	$(BIN)/snakefmt Snakefile workflow
+	$(BIN)/ruff check --fix .
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html

@@ -20,6 +20,8 @@ if (_yaml_error := yaml_syntax_error("config.yaml")) is not None:
 
 
 configfile: "config.yaml"
+
+
 report: "workflow/report/workflow.rst"
 
 
@@ -29,7 +31,18 @@ try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError as err:
     raise WorkflowError(f"{schema_error_message(None, err.__context__)} (see workflow/schemas/config.schema.yaml)", err)
-SECTIONS = ["data", "demo", "classifier", "cam", "seeds", "evaluation", "sance", "pseudo_labels", "segmentation", "report"]
+SECTIONS = [
+    "data",
+    "demo",
+    "classifier",
+    "cam",
+    "seeds",
+    "evaluation",
+    "sance",
+    "pseudo_labels",
+    "segmentation",
+    "report",
+]
 for section in SECTIONS:
     try:
         validate(config[section], f"workflow/schemas/{section}.schema.yaml")
@@ -58,7 +71,16 @@ scattergather:
 # Small jobs (seconds, little memory) run inside the Snakemake process instead of as their own
 # cluster job: shard lists, summaries, the ablation table and the report figures. Under the SLURM
 # profile this saves one sbatch submission (and two Snakemake start-ups) each; locally it changes nothing.
-localrules: shard_ids, summarize, ablation_table, ablation, figure_qualitative, figure_iou_bars, figure_pr_curves, figure_training_curves, figure_epoch_miou
+localrules:
+    shard_ids,
+    summarize,
+    ablation_table,
+    ablation,
+    figure_qualitative,
+    figure_iou_bars,
+    figure_pr_curves,
+    figure_training_curves,
+    figure_epoch_miou,
 
 
 include: "workflow/rules/common.smk"

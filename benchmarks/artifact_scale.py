@@ -9,7 +9,8 @@ checks that memory does not grow with the number of images in a shard::
 
 Each (stage, size) runs in a fresh process so its peak resident memory (``ru_maxrss``) is its
 own; the baseline (interpreter + numpy + h5py, measured the same way without writing) is
-reported beside it (it includes a pool of 8 synthetic images that the writer cycles through). The synthetic maps imitate real ones so that compression ratios are
+reported beside it (it includes a pool of 8 synthetic images that the writer cycles through).
+The synthetic maps imitate real ones so that compression ratios are
 realistic: CAMs are ReLU'd sums of Gaussian blobs computed on the stride-4 grid and upsampled
 bilinearly (as the CAM stage does), max-normalised per class; seeds and labels are the
 thresholded blobs (piecewise constant, with 255 bands for seeds). Numbers in docs/SCALING.md.

@@ -19,7 +19,8 @@ timed is the stage's per-image function as the pipeline calls it:
 - ``deeplab``: ``predict_label`` at scale 1.0 with flip, without CRF, and ``deeplab_crf``: the dense CRF alone
 
 On a GPU (``--device cuda``) the wall time is the figure to use and ``peak_gpu_mb`` the
-networks' GPU memory (printed in the per-stage JSON lines). The networks are measured at one scale only (the full test-time augmentation would take many
+networks' GPU memory (printed in the per-stage JSON lines). The networks are measured at one scale only
+(the full test-time augmentation would take many
 minutes per image on a shared CPU); the preset's multi-scale cost is projected from it by the
 pixel count of the scales (sum of scale^2): 7.5x for CAMs and maps (1.0, 0.5, 1.5, 2.0),
 5.63x for DeepLab (0.5 ... 1.5). Those columns are marked projected in the output.
@@ -69,8 +70,8 @@ def _stage_fn(stage: str, device: str = "cpu"):
 
     torch.manual_seed(0)
     if stage == "cam":
-        from sance_core.stages.cam import combine_scales, multiscale_cams
         from sance_core.models.classifier import CAMClassifier
+        from sance_core.stages.cam import combine_scales, multiscale_cams
 
         model = CAMClassifier(N_CLASSES - 1, "resnet101", None, 16).to(device).eval()
 
@@ -102,9 +103,9 @@ def _stage_fn(stage: str, device: str = "cpu"):
             scores = rng.random((len(PRESENT), h4, w4)).astype(np.float32)
             return synthesize_label(scores, PRESENT, contour, (H, W))
     elif stage in ("deeplab", "deeplab_crf"):
+        from sance_core.models.deeplab import DeepLabV2
         from sance_core.ops.crf import deeplab_crf
         from sance_core.ops.inference import predict_label, refine_with_crf
-        from sance_core.models.deeplab import DeepLabV2
 
         if stage == "deeplab_crf":
             probs = np.random.default_rng(0).dirichlet(np.ones(N_CLASSES), size=(H, W)).transpose(2, 0, 1)

@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("sance")
 
@@ -225,8 +226,8 @@ def _export(p: argparse.ArgumentParser):
         if args.image:
             import numpy as np
 
-            from sance_core.io.images import read_image
             from sance_core.data.transforms import resize_image
+            from sance_core.io.images import read_image
 
             image = np.array(resize_image(read_image(args.image), size=(args.height, args.width)))
         try:
@@ -283,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from sance_core.config import ConfigError
     from sance_core.io.images import DataError
-    from sance_core.runtime import setup_logging
     from sance_core.io.store import ArtifactError
+    from sance_core.runtime import setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -100,7 +100,8 @@ def map_on_devices(make_worker, items, devices, queue_size: int = 4):
     threads = torch.get_num_threads()  # the job's share of cores, for each worker as in this process
     ctx = mp.get_context("spawn")
     queues = [ctx.Queue(maxsize=queue_size) for _ in devices]
-    procs = [ctx.Process(target=_device_worker, args=(make_worker, str(d), items[k::len(devices)], queues[k], threads), daemon=True)
+    procs = [ctx.Process(target=_device_worker, daemon=True,
+                         args=(make_worker, str(d), items[k::len(devices)], queues[k], threads))
              for k, d in enumerate(devices)]
     for p in procs:
         p.start()
@@ -113,7 +114,9 @@ def map_on_devices(make_worker, items, devices, queue_size: int = 4):
                     break
                 except queue_lib.Empty:
                     if not procs[k].is_alive():
-                        raise RuntimeError(f"worker on {devices[k]} died (exit code {procs[k].exitcode}) before item {item!r}") from None
+                        raise RuntimeError(
+                            f"worker on {devices[k]} died (exit code {procs[k].exitcode}) before item {item!r}"
+                        ) from None
             if status == "error":
                 message, trace = value
                 raise RuntimeError(f"item {item!r} failed on {devices[k]}: {message}\n{trace}")

@@ -335,7 +335,7 @@ class SlurmCluster:
         lines = path.read_text(errors="replace").splitlines()[-n:]
         return f"\n--- last lines of {path} ---\n" + "\n".join(lines)
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         if not is_root():
             raise SlurmSetupError("a test SLURM cluster needs root (slurmd runs jobs as any user)")
         missing = missing_programs()
@@ -420,7 +420,7 @@ class SlurmCluster:
             return False
         return state != "Z"
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import h5py
 import numpy as np
 import pytest
@@ -10,14 +11,14 @@ import torch
 from PIL import Image
 
 from conftest import run_snakemake
-from sance_core.stages.cam import CAMConfig, extract, load_classifier, run_stage, strided_size
-from sance_core.models.classifier import CAMClassifier
-from sance_core.stages.classifier import ClassifierConfig, model_config
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, resize_image
+from sance_core.io.images import DataError, read_image
 from sance_core.io.store import ArtifactReader
 from sance_core.io.weights import save_model
+from sance_core.models.classifier import CAMClassifier
+from sance_core.stages.cam import CAMConfig, extract, load_classifier, run_stage, strided_size
+from sance_core.stages.classifier import ClassifierConfig, model_config
 
 CLASSES = ("background", "a", "b", "c")
 # id -> (height, width, labels); two images share a size so that they form one batch
@@ -155,7 +156,8 @@ def test_an_empty_shard_gives_an_empty_complete_file(toy, tmp_path):
     shard = tmp_path / "3-of-3.txt"
     shard.write_text("")
     out = tmp_path / "empty.h5"
-    run_stage(CAMConfig(dataset=spec, backbone="resnet18", device="cpu"), {"shard": str(shard), "model": str(root / "classifier/model.pt"),
+    run_stage(CAMConfig(dataset=spec, backbone="resnet18", device="cpu"),
+              {"shard": str(shard), "model": str(root / "classifier/model.pt"),
                                                       "manifest": str(root / "manifest.json")}, {"cam": str(out)})
     with ArtifactReader(out, expect_stage="cam") as reader:
         assert len(reader) == 0

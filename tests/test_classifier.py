@@ -14,6 +14,10 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+from sance_core.config import ConfigError, from_dict
+from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.engine import CHECKPOINT_FILE
+from sance_core.io.weights import load_model
 from sance_core.models.classifier import CAMClassifier, build_from_config
 from sance_core.stages.classifier import (
     ClassifierConfig,
@@ -26,10 +30,6 @@ from sance_core.stages.classifier import (
     sgd_momentum,
     train,
 )
-from sance_core.config import ConfigError, from_dict
-from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.engine import CHECKPOINT_FILE
-from sance_core.io.weights import load_model
 
 CLASSES = ("background", "a", "b", "c")
 

@@ -11,12 +11,17 @@ from PIL import Image
 
 from sance_core.cli import main as sance_main
 from sance_core.data.coco import (
-    COCO_CLASSES, CocoConversionConfig, SplitSource, category_labels, class_mask, convert_coco,
+    COCO_CLASSES,
+    CocoConversionConfig,
+    SplitSource,
+    category_labels,
+    class_mask,
+    convert_coco,
 )
 from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.validate import ValidationConfig, validate_dataset
 from sance_core.io.images import DataError
 from sance_core.io.palette import read_label_png
-from sance_core.data.validate import ValidationConfig, validate_dataset
 
 # pycocotools (pinned) decodes masks through a NumPy API that numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

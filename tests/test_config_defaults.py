@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from sance_core.stages.cam import CAMConfig
-from sance_core.stages.classifier import ClassifierConfig
 from sance_core.eval.edge_eval import ContourEvalConfig
 from sance_core.eval.evaluation import CAMEvalConfig
+from sance_core.stages.cam import CAMConfig
+from sance_core.stages.classifier import ClassifierConfig
 from sance_core.stages.pseudo_labels import MapsConfig, PseudoLabelConfig
 from sance_core.stages.sance import SanceConfig
 from sance_core.stages.seeds import SeedConfig
@@ -126,7 +126,8 @@ def pairs():
             assert found, f"schema key {path} feeds no field of {[c.__name__ for c in classes]}"
 
 
-@pytest.mark.parametrize("path,schema_value,class_value,cls", list(pairs()), ids=lambda v: v if isinstance(v, str) and "." in v else "")
+@pytest.mark.parametrize("path,schema_value,class_value,cls", list(pairs()),
+                         ids=lambda v: v if isinstance(v, str) and "." in v else "")
 def test_schema_default_equals_the_stage_config_default(path, schema_value, class_value, cls):
     assert class_value is not dataclasses.MISSING, f"{cls}: {path} has no default"
     assert equal(schema_value, class_value), f"{path}: schema default {schema_value!r}, {cls} default {class_value!r}"

@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sance_core.config import from_dict
-from sance_core.stages.contour_maps import ContourMapsConfig, raw_contour, run_stage
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.io.images import DataError
 from sance_core.data.transforms import normalize_image
-from sance_core.models import build_sance_model
-from sance_core.stages.pseudo_labels import predict_maps
-from sance_core.stages.sance import SanceConfig, model_config
+from sance_core.io.images import DataError
 from sance_core.io.store import ArtifactReader
 from sance_core.io.weights import save_model
+from sance_core.models import build_sance_model
+from sance_core.stages.contour_maps import ContourMapsConfig, raw_contour, run_stage
+from sance_core.stages.pseudo_labels import predict_maps
+from sance_core.stages.sance import SanceConfig, model_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = ("background", "a", "b")

@@ -3,8 +3,6 @@ SBD / BSDS500 MATLAB benchmark numbers (edge-bench fixtures, read in place)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,7 +11,6 @@ from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from conftest import shared_data
 from sance_core.eval import edge_eval as ee
-
 
 # ----------------------------------------------------------------------------- ground truth
 

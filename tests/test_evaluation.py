@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from sance_core.data.dataset import DatasetSpec
-from sance_core.io.images import DataError
-from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
 from sance_core.eval.evaluation import cam_labels_at_thresholds
-from sance_core.stages import run_stage
+from sance_core.io.images import DataError
+from sance_core.io.palette import save_label_png
 from sance_core.io.store import ArtifactWriter
+from sance_core.stages import run_stage
 
 CLASSES = ("background", "a", "b")
 
@@ -47,7 +47,8 @@ def square_cam() -> np.ndarray:
 def manifest_for(root: Path, tmp: Path, **spec_kw) -> tuple[dict, Path]:
     spec = {"root": str(root), "classes": list(CLASSES), "image_ext": ".png", **spec_kw}
     path = tmp / "manifest.json"
-    validate_dataset(ValidationConfig("t", DatasetSpec(**{**spec, "classes": tuple(CLASSES)}), ("train",)), path)  # both lists hold the same ids
+    # both lists hold the same ids
+    validate_dataset(ValidationConfig("t", DatasetSpec(**{**spec, "classes": tuple(CLASSES)}), ("train",)), path)
     return spec, path
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from conftest import REPO
-
 from sance_core.stages import STAGES
 
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.dataset import Manifest
 from sance_core.io.palette import save_label_png
+from sance_core.io.store import ArtifactReader
 from sance_core.oracle_seeds import (
     OracleConfig,
     distractor_disk,
@@ -18,7 +19,6 @@ from sance_core.oracle_seeds import (
     oracle_seed,
 )
 from sance_core.stages import run_stage
-from sance_core.io.store import ArtifactReader
 
 
 def two_object_mask(h=30, w=40):

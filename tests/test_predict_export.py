@@ -13,9 +13,9 @@ from PIL import Image
 from conftest import shared_data
 from sance_core.cli import main
 from sance_core.io.palette import voc_palette
-from sance_core.models.export import ExportCheckError, check_onnx, export_onnx
-from sance_core.models.deeplab import DeepLabV2, arch_config
 from sance_core.io.weights import save_model
+from sance_core.models.deeplab import DeepLabV2, arch_config
+from sance_core.models.export import ExportCheckError, check_onnx, export_onnx
 
 CLASSES = ["background", "bird", "lamp", "robot", "snail", "cactus"]
 

@@ -23,8 +23,8 @@ from PIL import Image
 from conftest import BIN, REPO
 from sance_core.data.coco import COCO_CLASSES, CocoConversionConfig, convert_coco, standard_sources
 from sance_core.data.dataset import DatasetSpec
-from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
+from sance_core.io.palette import save_label_png
 from sance_core.pretrained import IMAGENET_URLS
 
 pytestmark = [pytest.mark.workflow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]

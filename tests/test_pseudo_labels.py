@@ -15,6 +15,8 @@ from PIL import Image
 from sance_core.config import from_dict
 from sance_core.data.dataset import Manifest
 from sance_core.io.palette import read_label_png, save_label_png
+from sance_core.io.store import ArtifactReader, ArtifactWriter
+from sance_core.io.weights import save_model
 from sance_core.models import build_sance_model
 from sance_core.stages.pseudo_labels import (
     EvalConfig,
@@ -31,8 +33,6 @@ from sance_core.stages.pseudo_labels import (
     synthesize_label,
 )
 from sance_core.stages.sance import SanceConfig, model_config
-from sance_core.io.store import ArtifactReader, ArtifactWriter
-from sance_core.io.weights import save_model
 
 CLASSES = ["background", "a", "b"]
 
@@ -287,6 +287,7 @@ def test_dry_run_schedules_every_mode_per_shard(workdir, tiny_config):
 def test_tiny_run_of_the_three_modes_and_param_isolation(workdir, tiny_config, tmp_path):
     """All three modes end to end on the tiny config; then a refine-only change reruns 'sance' alone."""
     import yaml
+
     from conftest import run_snakemake
 
     modes = ("irnet", "sance_naive", "sance")

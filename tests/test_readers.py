@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import shared_data
 from sance_core.data.dataset import DatasetSpec
-from sance_core.io.images import DataError
-from sance_core.io.palette import read_label_png, save_label_png
 from sance_core.data.readers import (
     convert_sbd_masks,
     read_sbd_cls,
@@ -20,8 +19,8 @@ from sance_core.data.readers import (
     split_tags,
 )
 from sance_core.data.validate import ValidationConfig, validate_dataset
-
-from conftest import shared_data
+from sance_core.io.images import DataError
+from sance_core.io.palette import read_label_png, save_label_png
 
 VOC = tuple(("background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse "
              "motorbike person pottedplant sheep sofa train tvmonitor").split())

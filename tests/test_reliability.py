@@ -27,18 +27,18 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_validate import cfg as validation_config
+from test_validate import make_voc
 
 from conftest import BIN, REPO, run_snakemake
 from sance_core.config_checks import relation_errors, schema_error_message
 from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.validate import ValidationConfig, validate_dataset
+from sance_core.engine import CHECKPOINT_FILE, CheckpointManager, NonFiniteLossError
 from sance_core.io.images import DataError, read_image
 from sance_core.io.palette import save_label_png
-from sance_core.data.validate import ValidationConfig, validate_dataset
 from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter, remove_stale_temp_files
-from sance_core.engine import CHECKPOINT_FILE, CheckpointManager, NonFiniteLossError
 from sance_core.io.weights import load_model, save_model
-from test_validate import cfg as validation_config
-from test_validate import make_voc
 
 SANCE_CORE = REPO / "sance_core"
 SCHEMAS = REPO / "workflow" / "schemas"
@@ -628,6 +628,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _runs_rule(pid: int, rule: str) -> bool:
+    """Whether process ``pid`` is the job of ``rule``: every rule runs the same script, so the job
+    is told apart by the rule's log file (logs/<name>/<rule>.log) that it holds open."""
+    if "run_stage.py" not in _cmdline(pid):
+        return False
+    try:
+        return any(Path(fd.readlink()).name == f"{rule}.log" for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="walks /proc")
 def test_a_training_job_killed_in_the_workflow_resumes_on_rerun(workdir, tiny_config, tmp_path):
@@ -648,7 +659,7 @@ def test_a_training_job_killed_in_the_workflow_resumes_on_rerun(workdir, tiny_co
     jobs: list[int] = []
 
     def job_started() -> bool:
-        jobs[:] = [p for p in _descendants(proc.pid) if "train_classifier" in _cmdline(p)]
+        jobs[:] = [p for p in _descendants(proc.pid) if _runs_rule(p, "train_classifier")]
         return bool(jobs)
     _wait_for(job_started, proc, what="the training job")
     _wait_for(checkpoint.exists, proc, what="the first checkpoint")
@@ -756,8 +767,9 @@ def _nan_at(n: int, fn):
 
 
 def _classifier_run(tmp: Path, monkeypatch):
-    import sance_core.stages.classifier as clf
     from test_classifier import make_dataset, small_config
+
+    import sance_core.stages.classifier as clf
 
     spec, manifest = make_dataset(tmp / "data", n=6)
     cfg = small_config(spec, epochs=3, resume_dir=str(tmp / "resume"),  # 3 steps per epoch
@@ -767,8 +779,9 @@ def _classifier_run(tmp: Path, monkeypatch):
 
 
 def _sance_run(tmp: Path, monkeypatch):
-    import sance_core.stages.sance as st
     from test_sance_training import _cfg, _tiny_set
+
+    import sance_core.stages.sance as st
 
     ds, ids, tags, seeds = _tiny_set(tmp)
     cfg = _cfg(dataset=ds, mode="sance", epochs=3, resume_dir=str(tmp / "resume"))  # 4 images, batch 2
@@ -782,7 +795,8 @@ def _deeplab_run(tmp: Path, monkeypatch):
     root = tmp / "data"
     _small_voc(root)
     cfg = seg.SegmenterConfig(dataset=DatasetSpec(root=str(root), classes=("background", "a")), mode="fully_supervised",
-                              label_source="ground_truth", weights=None, frozen_bn=False, iterations=6, batch_size=2, crop_size=32, rates=(1, 2),
+                              label_source="ground_truth", weights=None, frozen_bn=False, iterations=6, batch_size=2,
+                              crop_size=32, rates=(1, 2),
                               checkpoint_every=2, device="cpu", resume_dir=str(tmp / "resume"))
     monkeypatch.setattr(seg, "segmentation_loss", _nan_at(3, seg.segmentation_loss))
     return lambda: seg.train(cfg, seg.load_training_set(cfg, root / "manifest.json", None)), 2, "cross_entropy=nan"
@@ -824,8 +838,9 @@ def test_an_exploding_learning_rate_never_leaves_a_non_finite_checkpoint(tmp_pat
     """lr 1000: the weights overflow while the loss of the iteration is still finite (here: after
     iteration 6, at the end of epoch 2). Training stops; the checkpoint stays the finite one of
     epoch 1 and no model file is written (without the weight check it held inf/NaN weights)."""
-    import sance_core.stages.classifier as clf
     from test_classifier import make_dataset, small_config
+
+    import sance_core.stages.classifier as clf
 
     spec, manifest = make_dataset(tmp_path / "data", n=6)
     cfg = small_config(spec, epochs=3, lr=1000.0, resume_dir=str(tmp_path / "resume"),
@@ -847,7 +862,8 @@ def test_non_finite_weights_are_refused_by_checkpoint_and_model_saves(tmp_path):
     manager.save(5, 0, model, opt)
     with torch.no_grad():
         model.weight[0, 0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite weights after iteration 6 \(weight\).*last good checkpoint is kept"):
+    expected = r"non-finite weights after iteration 6 \(weight\).*last good checkpoint is kept"
+    with pytest.raises(NonFiniteLossError, match=expected):
         manager.save(6, 0, model, opt)
     assert torch.load(manager.path, weights_only=True)["step"] == 5
     with pytest.raises(NonFiniteLossError, match="refusing to save a model with non-finite weights"):
@@ -857,9 +873,10 @@ def test_non_finite_weights_are_refused_by_checkpoint_and_model_saves(tmp_path):
 
 def test_empty_seeds_give_finite_losses_and_a_finite_training_step():
     """An image where no pixel is confident (seeds all 255) must not crash or NaN the losses."""
+    from test_sance_training import _batch, _cfg
+
     from sance_core.ops.losses import contour_loss, segmentation_loss
     from sance_core.stages.sance import build_model, training_step
-    from test_sance_training import _batch, _cfg
 
     contour = torch.rand(2, 8, 8, requires_grad=True)
     seeds = torch.full((2, 8, 8), 255, dtype=torch.long)
@@ -881,8 +898,9 @@ def test_empty_seeds_give_finite_losses_and_a_finite_training_step():
 
 
 def test_a_training_set_without_any_confident_seed_trains_without_nan(tmp_path):
-    from sance_core.stages.sance import SanceData, train
     from test_sance_training import _cfg, _tiny_set
+
+    from sance_core.stages.sance import SanceData, train
 
     ds, ids, tags, _ = _tiny_set(tmp_path)
     empty = tmp_path / "empty_seeds.h5"
@@ -1010,11 +1028,11 @@ def test_artifacts_hold_no_pickles_whatever_the_attribute_types(tmp_path):
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     """A classifier, a SANCE model and a DeepLab, each saved by its stage's own functions (random init)."""
+    from sance_core.models import build_sance_model
     from sance_core.models.classifier import CAMClassifier
+    from sance_core.models.deeplab import DeepLabV2
     from sance_core.stages.classifier import ClassifierConfig
     from sance_core.stages.classifier import model_config as classifier_config
-    from sance_core.models import build_sance_model
-    from sance_core.models.deeplab import DeepLabV2
     from sance_core.stages.sance import SanceConfig
     from sance_core.stages.sance import model_config as sance_config
     from sance_core.stages.segmenter import SegmenterConfig
@@ -1024,7 +1042,8 @@ def models_dir(tmp_path_factory) -> Path:
     _small_voc(tmp / "data", n=2, classes=("background", "a", "b"))
     spec = DatasetSpec(root=str(tmp / "data"), classes=("background", "a", "b"))
     torch.manual_seed(0)
-    save_model(CAMClassifier(2, "resnet18"), classifier_config(ClassifierConfig(dataset=spec, backbone="resnet18", weights=None)), tmp / "classifier")
+    config = classifier_config(ClassifierConfig(dataset=spec, backbone="resnet18", weights=None))
+    save_model(CAMClassifier(2, "resnet18"), config, tmp / "classifier")
     save_model(build_sance_model(3, "resnet18", 16, seg_branch=True, aspp_rates=(1, 2)),
                sance_config(SanceConfig(dataset=spec, mode="sance", backbone="resnet18", output_stride=16,
                                         aspp_rates=(1, 2))), tmp / "sance")
@@ -1285,8 +1304,8 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_a_full_disk_is_named_and_leaves_no_partial_file(full_disk):
-    from sance_core.io.files import DiskFullError, write_text_atomic
     from sance_core.engine import History
+    from sance_core.io.files import DiskFullError, write_text_atomic
 
     model = torch.nn.Linear(2048, 1024)  # 8 MB of weights: more than the file system holds
     with pytest.raises(DiskFullError) as err:

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import run_snakemake
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.io.palette import read_label_png
 from sance_core.data.shards import read_shard
 from sance_core.eval.edge_eval import ContourEvalConfig, evaluate_contour_maps, mask_boundaries
+from sance_core.io.palette import read_label_png
 from sance_core.io.store import ArtifactWriter
 from sance_core.stages.pseudo_labels import present_planes
 
@@ -38,7 +38,7 @@ def _stride4(a: np.ndarray) -> np.ndarray:
 def fake_upstream(root: Path, name: str, classes: list[str]) -> None:
     """CAMs, seeds, maps, pseudo labels, predictions, eval JSONs and histories made from the GT masks."""
     res = root / "results" / name
-    manifest = Manifest.load(res / "manifest.json")
+    Manifest.load(res / "manifest.json")  # the manifest exists
     spec = DatasetSpec(root=str(root / "resources" / name), classes=tuple(classes))
     rng = np.random.default_rng(0)
     n_cls = len(classes)

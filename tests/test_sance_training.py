@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from sance_core.config import ConfigError, from_dict
+from sance_core.io.store import ArtifactWriter
 from sance_core.stages.sance import (
     SanceConfig,
     SanceData,
@@ -20,7 +21,6 @@ from sance_core.stages.sance import (
     train,
     training_step,
 )
-from sance_core.io.store import ArtifactWriter
 
 DS = {"root": "unused", "classes": ["background", "a", "b"]}
 
@@ -258,9 +258,9 @@ def test_end_of_epoch_hook_runs_once_per_epoch_and_leaves_training_unchanged(tmp
 
 def test_epoch_evaluator_scores_the_stage_6_pseudo_labels(tmp_path):
     from sance_core.data.dataset import DatasetSpec
-    from sance_core.io.palette import save_label_png
     from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
     from sance_core.eval.metrics import ConfusionMatrix
+    from sance_core.io.palette import save_label_png
     from sance_core.stages.pseudo_labels import predict_maps, synthesize_label
 
     ds, ids, tags, seeds = _tiny_set(tmp_path)

@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from sance_core.config import from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.io.images import DataError
 from sance_core.io.palette import read_label_png, save_label_png
-from sance_core.stages.evaluate import SegmentationEvalConfig, run_segmentation_evaluation
-from sance_core.ops.inference import multiscale_predict
+from sance_core.io.store import ArtifactReader, ArtifactWriter
 from sance_core.models.deeplab import DeepLabV2
+from sance_core.ops.inference import multiscale_predict
+from sance_core.stages.evaluate import SegmentationEvalConfig, run_segmentation_evaluation
 from sance_core.stages.segmenter import (
     PredictConfig,
     SegmenterConfig,
@@ -30,7 +31,6 @@ from sance_core.stages.segmenter import (
     segmentation_loss,
     train,
 )
-from sance_core.io.store import ArtifactReader, ArtifactWriter
 
 CLASSES = ("background", "square", "disc")
 
@@ -71,7 +71,8 @@ def dataset(tmp_path_factory) -> dict:
 
 def make_cfg(dataset, **kw) -> SegmenterConfig:
     base = {"dataset": {"root": str(dataset["root"]), "classes": list(CLASSES)}, "mode": "test",
-            "backbone": "resnet18", "weights": None, "frozen_bn": False, "iterations": 4, "batch_size": 2, "crop_size": 32, "lr": 0.01,
+            "backbone": "resnet18", "weights": None, "frozen_bn": False, "iterations": 4, "batch_size": 2,
+            "crop_size": 32, "lr": 0.01,
             "checkpoint_every": 2, "device": "cpu", "rates": [1, 2]}
     return from_dict(SegmenterConfig, {**base, **kw})
 

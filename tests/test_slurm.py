@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from slurm_cluster import HEADER, SlurmCluster, SlurmSetupError, SystemConfBusy, install_slurm, is_root
 
 from conftest import BIN, REPO
-from slurm_cluster import HEADER, SlurmCluster, SlurmSetupError, SystemConfBusy, install_slurm, is_root
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -45,8 +45,11 @@ TIMEOUT = int(os.environ.get("SANCE_SLURM_TEST_TIMEOUT", "1200"))
 # resource keys that only make sense on a real cluster (the test node has no GPU, account or partition)
 CLUSTER_ONLY = ("gpu", "gres", "gpu_model", "slurm_partition", "slurm_account", "constraint", "qos", "cpus_per_gpu")
 # JSON keys / table columns that legitimately differ between two runs (wall-clock measurements)
-TIMING = re.compile(r"(^|_)(time|times|seconds|secs|sec|elapsed|duration|wall|runtime|timestamp|date|started|finished|host|hostname|pid)($|_)|_s$",
-                    re.IGNORECASE)
+TIMING = re.compile(
+    r"(^|_)(time|times|seconds|secs|sec|elapsed|duration|wall|runtime|timestamp|date|started|finished|host|hostname|pid)"
+    r"($|_)|_s$",
+    re.IGNORECASE,
+)
 
 
 def _unavailable(reason: str) -> None:
@@ -314,7 +317,8 @@ def compare_trees(a: Path, b: Path, folders: tuple[str, ...] = ("results", "reso
             diffs += compare_table(fa, fb, roots)
         elif suffix == ".html":
             continue  # rendered reports embed dates
-        elif _relative(fa.read_bytes().decode(errors="replace"), roots) != _relative(fb.read_bytes().decode(errors="replace"), roots):
+        elif _relative(fa.read_bytes().decode(errors="replace"), roots) != _relative(
+                fb.read_bytes().decode(errors="replace"), roots):
             diffs.append(f"{rel}: content differs")
     return len(files_a), diffs
 

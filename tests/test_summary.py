@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sance_core.stages import run_stage
 from sance_core.stages.summary import (
     ABLATION_COLUMNS,
     AblationConfig,
@@ -16,7 +17,6 @@ from sance_core.stages.summary import (
     run_ablation,
     run_summary,
 )
-from sance_core.stages import run_stage
 
 MODES = ("irnet", "sance_naive", "sance", "fully_supervised")
 

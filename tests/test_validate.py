@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import shared_data
 from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.data.validate import ValidationConfig, validate_dataset
 from sance_core.io.images import DataError, read_image
 from sance_core.io.palette import save_label_png
-from sance_core.data.validate import ValidationConfig, validate_dataset
-
-from conftest import shared_data
 
 CLASSES = ("background", "a", "b", "c")
 
@@ -57,10 +56,13 @@ def test_clean_dataset_writes_manifest(tmp_path):
     "breakage, expected",
     [
         (lambda r: (r / "JPEGImages/t1.jpg").unlink(), "t1.jpg: missing image file"),
-        (lambda r: (r / "JPEGImages/t1.jpg").write_bytes((r / "JPEGImages/t1.jpg").read_bytes()[:200]), "t1.jpg: unreadable or truncated"),
+        (lambda r: (r / "JPEGImages/t1.jpg").write_bytes((r / "JPEGImages/t1.jpg").read_bytes()[:200]),
+         "t1.jpg: unreadable or truncated"),
         (lambda r: (r / "SegmentationClass/t0.png").unlink(), "t0.png: missing mask file"),
-        (lambda r: save_label_png(np.zeros((5, 5), np.uint8), r / "SegmentationClass/t0.png"), "mask size 5x5 differs from image size 30x20"),
-        (lambda r: save_label_png(np.full((20, 30), 7, np.uint8), r / "SegmentationClass/t0.png"), "class id(s) [7] outside 0..3"),
+        (lambda r: save_label_png(np.zeros((5, 5), np.uint8), r / "SegmentationClass/t0.png"),
+         "mask size 5x5 differs from image size 30x20"),
+        (lambda r: save_label_png(np.full((20, 30), 7, np.uint8), r / "SegmentationClass/t0.png"),
+         "class id(s) [7] outside 0..3"),
         (lambda r: (r / "ImageSets/Segmentation/train.txt").write_text("t0\n../x\n"), "unsafe image id '../x'"),
         (lambda r: (r / "ImageSets/Segmentation/train.txt").write_text("t0\nt1\nt0\n"), "id 't0' listed twice"),
         (lambda r: (r / "ImageSets/Segmentation/val.txt").write_text("\n"), "split 'val' lists no image"),

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from sance_core.constants import IGNORE_INDEX
 from sance_core.io.files import atomic_path, write_text_atomic
 from sance_core.io.images import DataError, check_image_id
-from sance_core.constants import IGNORE_INDEX
 from sance_core.io.palette import save_label_png
 
 log = logging.getLogger(__name__)

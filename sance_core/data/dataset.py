@@ -199,7 +199,7 @@ class Manifest:
         write_text_atomic(path, json.dumps(self.__dict__, indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
+    def load(cls, path: str | Path) -> Manifest:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: manifest not found (run the validate_dataset rule first)")

@@ -215,7 +215,8 @@ assert len(_SPECS) == len(DEMO_CLASSES) - 1
 
 
 def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb((h_deg % 360.0) / 360.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))), dtype=np.float32)
+    rgb = colorsys.hsv_to_rgb((h_deg % 360.0) / 360.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1)))
+    return np.array(rgb, dtype=np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, channels: int = 1) -> np.ndarray:

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sance_core.io.files import atomic_path, write_text_atomic
 from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.eval.metrics import ConfusionMatrix, SeedMetrics
+from sance_core.io.files import atomic_path, write_text_atomic
 from sance_core.io.images import DataError
 from sance_core.io.palette import read_label_png
-from sance_core.eval.metrics import ConfusionMatrix, SeedMetrics
 from sance_core.io.store import ArtifactReader, open_shards
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def cam_labels_at_thresholds(cams: np.ndarray, class_keys: Sequence[int], thresh
         yield np.where(best > t, arg, 0)
 
 
-def evaluate_cams(cfg: CAMEvalConfig, manifest: Manifest, cam_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_cams(cfg: CAMEvalConfig, manifest: Manifest,
+                  cam_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """CAM mIoU at every threshold; the JSON summary (at the best threshold) and the per-class table."""
     n = cfg.dataset.num_classes
     matrices = [ConfusionMatrix(n) for _ in cfg.thresholds]
@@ -201,7 +202,8 @@ class SeedEvalConfig:
     split: str = "train"
 
 
-def evaluate_seeds(cfg: SeedEvalConfig, manifest: Manifest, seed_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_seeds(cfg: SeedEvalConfig, manifest: Manifest,
+                   seed_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Seed precision/coverage/mIoU of the confident pixels; the JSON summary and the per-class table."""
     metrics = SeedMetrics(cfg.dataset.num_classes)
     n_images = 0

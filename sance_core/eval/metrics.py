@@ -71,7 +71,7 @@ class ConfusionMatrix:
         p = np.where((p < 0) | (p >= n), n, p)  # out of range -> the 'wrong' column, never wrapped
         self.matrix += np.bincount(g * (n + 1) + p, minlength=n * (n + 1)).reshape(n, n + 1)
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge matrices of {other.num_classes} and {self.num_classes} classes")
         self.matrix += other.matrix

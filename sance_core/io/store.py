@@ -124,7 +124,7 @@ _open_readers: OrderedDict[int, weakref.ref] = OrderedDict()  # LRU of readers w
 _open_readers_pid: int | None = None
 
 
-def _note_open(reader: "ArtifactReader") -> None:
+def _note_open(reader: ArtifactReader) -> None:
     """Register ``reader`` as most recently used; close the least recently used beyond the limit."""
     global _open_readers_pid
     if _open_readers_pid != os.getpid():  # a forked child: the parent's handles are not ours to close
@@ -218,7 +218,7 @@ class ArtifactWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> "ArtifactWriter":
+    def __enter__(self) -> ArtifactWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.path)
         self._file = h5py.File(self._tmp, "w", track_order=True)
@@ -397,7 +397,7 @@ class ArtifactReader:
         self._file = None
         self._reads = 0
 
-    def __enter__(self) -> "ArtifactReader":
+    def __enter__(self) -> ArtifactReader:
         _ = self.file
         return self
 

@@ -47,7 +47,7 @@ class DeepLabV2(nn.Module):
         logits = self.aspp(self.backbone(x)[-1])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def train(self, mode: bool = True) -> "DeepLabV2":
+    def train(self, mode: bool = True) -> DeepLabV2:
         """Frozen BatchNorm layers stay in eval mode (their statistics are never updated)."""
         super().train(mode)
         if self.frozen_bn:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sance_core.io.files import atomic_path
 from sance_core.data.transforms import normalize_image
+from sance_core.io.files import atomic_path
 
 log = logging.getLogger(__name__)
 

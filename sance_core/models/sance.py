@@ -75,7 +75,7 @@ class SanceModel(nn.Module):
             g["weight_decay"] = weight_decay
         return groups
 
-    def train(self, mode: bool = True) -> "SanceModel":
+    def train(self, mode: bool = True) -> SanceModel:
         super().train(mode)
         if getattr(self, "_frozen_bn", False):
             freeze_batchnorm(self.backbone)

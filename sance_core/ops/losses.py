@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 from sance_core.constants import IGNORE_INDEX
+
 EPS = 1e-5  # IRNet's constant inside the logs
 
 

@@ -10,7 +10,8 @@ Channel convention (used by every function here):
 * Output labels: ``long`` ``[H, W]`` (``[B, H, W]``), 0 = background, c = class id.
 
 Scores of absent classes are zeroed, then divided by the global maximum of what remains
-(IRNet's pseudo labels; the default, ``normalize=False`` keeps the raw scores), a background channel of constant ``tau_b`` is put in front and
+(IRNet's pseudo labels; the default, ``normalize=False`` keeps the raw scores), a background
+channel of constant ``tau_b`` is put in front and
 the arg-max is taken (ties go to the lower index, so to background first).
 
 For maps that hold only the present classes (the CAM files store only those),

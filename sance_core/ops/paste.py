@@ -75,7 +75,7 @@ class Rect(NamedTuple):
     h: int
     w: int
 
-    def scaled(self, factor: int) -> "Rect":
+    def scaled(self, factor: int) -> Rect:
         """The same rectangle on a grid ``factor`` times coarser (exact when aligned)."""
         return Rect(self.y // factor, self.x // factor, self.h // factor, self.w // factor)
 

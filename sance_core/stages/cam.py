@@ -27,14 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sance_core.constants import MAP_STRIDE
-from sance_core.models.classifier import CAMClassifier, build_from_config
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.io.images import DataError, read_image
 from sance_core.data.shards import read_shard
 from sance_core.data.transforms import normalize_image, resize_image
-from sance_core.runtime import map_on_devices, visible_devices
+from sance_core.io.images import DataError, read_image
 from sance_core.io.store import ArtifactWriter
 from sance_core.io.weights import load_model, load_state_strict
+from sance_core.models.classifier import CAMClassifier, build_from_config
+from sance_core.runtime import map_on_devices, visible_devices
 
 log = logging.getLogger(__name__)
 

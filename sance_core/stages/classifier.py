@@ -33,13 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from sance_core.models.backbones import BACKBONES
-from sance_core.models.classifier import MODEL_KIND, RECIPES, CAMClassifier
 from sance_core.config import to_dict
 from sance_core.data.dataset import DatasetSpec, load_split
-from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop
-from sance_core.runtime import resolve_device, seed_everything
 from sance_core.engine import (
     CheckpointPolicy,
     EpochBatches,
@@ -56,6 +52,10 @@ from sance_core.engine import (
 )
 from sance_core.engine.loop import EpochEndFn
 from sance_core.engine.settings import check_training_config
+from sance_core.io.images import DataError, read_image
+from sance_core.models.backbones import BACKBONES
+from sance_core.models.classifier import MODEL_KIND, RECIPES, CAMClassifier
+from sance_core.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,8 @@ def classifier_step(model: CAMClassifier, batch: tuple[torch.Tensor, torch.Tenso
 
 def train(cfg: ClassifierConfig, data: ClassificationData, history: History | None = None,
           stop_after_step: int | None = None, fingerprint_extra: Mapping[str, Any] | None = None,
-          epoch_end: EpochEndFn | None = None, data_key: Mapping[str, str] | None = None) -> tuple[CAMClassifier, dict[str, float]]:
+          epoch_end: EpochEndFn | None = None,
+          data_key: Mapping[str, str] | None = None) -> tuple[CAMClassifier, dict[str, float]]:
     """Train (resuming from ``cfg.resume_dir`` when it holds a checkpoint); returns the model and last metrics.
 
     ``data_key`` (:func:`~sance_core.engine.input_fingerprint` of the inputs): a checkpoint of other

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.io.images import DataError, read_id_list, read_image
 from sance_core.data.transforms import normalize_image
-from sance_core.runtime import resolve_device
+from sance_core.io.images import DataError, read_id_list, read_image
 from sance_core.io.store import ArtifactWriter
+from sance_core.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sance_core.io.files import as_paths, atomic_path
 from sance_core.data.dataset import DatasetSpec, Manifest
+from sance_core.io.files import as_paths, atomic_path
 from sance_core.io.images import DataError, read_image
 from sance_core.io.palette import colorize, read_label_png
 
@@ -289,7 +289,8 @@ def iou_bars(cfg: IoUBarsConfig, panels: Sequence[tuple[str, dict[str, dict[str,
             label = f"{name} (mIoU {100 * miou:.1f})" if isinstance(miou, (int, float)) else name
             ax.bar(x + (j - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=label)
         ax.set_xticks(x)
-        ax.set_xticklabels(classes, rotation=30 if len(classes) > 8 else 0, fontsize=8, ha="right" if len(classes) > 8 else "center")
+        many = len(classes) > 8
+        ax.set_xticklabels(classes, rotation=30 if many else 0, fontsize=8, ha="right" if many else "center")
         ax.set_ylim(0, 100)
         ax.set_ylabel("IoU (%)", fontsize=8)
         ax.set_title(title, fontsize=9)

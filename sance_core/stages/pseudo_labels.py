@@ -30,18 +30,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sance_core.constants import MAP_STRIDE
-from sance_core.io.files import as_paths, atomic_path
 from sance_core.data.dataset import DatasetSpec, Manifest, load_manifest
-from sance_core.io.images import read_image
-from sance_core.io.palette import save_label_png
 from sance_core.data.shards import read_shard
 from sance_core.data.transforms import normalize_image
 from sance_core.eval.metrics import ConfusionMatrix
+from sance_core.io.files import as_paths, atomic_path
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import save_label_png
+from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter
 from sance_core.models.sance import ARCH_KEYS, SanceModel, build_from_config
 from sance_core.ops.online_labels import scores_to_label
 from sance_core.ops.propagation import propagate
 from sance_core.runtime import map_on_devices, visible_devices
-from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,8 @@ class EvalConfig:
     map: str = "seg"
 
 
-def evaluate_pseudo_labels(cfg: EvalConfig, manifest: Manifest, label_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_pseudo_labels(cfg: EvalConfig, manifest: Manifest,
+                           label_paths: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train-split mIoU of the pseudo labels (one confusion matrix, 255 ignored); JSON summary and table."""
     from sance_core.eval.evaluation import NO_MASKS, iter_with_masks
 

@@ -37,26 +37,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sance_core.models.backbones import BACKBONES
 from sance_core.config import to_dict
-from sance_core.ops.crf import CRFConfig, crf_refine_probs
-from sance_core.data.dataset import DatasetSpec, load_split
-from sance_core.io.images import DataError, read_image
 from sance_core.constants import IGNORE_INDEX, MAP_STRIDE
-from sance_core.io.palette import read_label_png
+from sance_core.data.dataset import DatasetSpec, load_split
 from sance_core.data.transforms import normalize_image, random_scale_flip_crop, resize_label
-from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
-from sance_core.ops.losses import contour_loss, segmentation_loss
-from sance_core.models.sance import (
-    MODEL_KIND,
-    SanceModel,
-    build_sance_model,
-    load_backbone_from_classifier,
-)
-from sance_core.ops.online_labels import make_online_label
-from sance_core.ops.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
-from sance_core.runtime import resolve_device, seed_everything
-from sance_core.io.store import ArtifactError, open_shards
 from sance_core.engine import (
     CheckpointPolicy,
     History,
@@ -73,7 +57,23 @@ from sance_core.engine import (
 )
 from sance_core.engine.loop import EpochEndFn
 from sance_core.engine.settings import check_training_config
+from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
 from sance_core.io.files import as_paths
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import read_label_png
+from sance_core.io.store import ArtifactError, open_shards
+from sance_core.models.backbones import BACKBONES
+from sance_core.models.sance import (
+    MODEL_KIND,
+    SanceModel,
+    build_sance_model,
+    load_backbone_from_classifier,
+)
+from sance_core.ops.crf import CRFConfig, crf_refine_probs
+from sance_core.ops.losses import contour_loss, segmentation_loss
+from sance_core.ops.online_labels import make_online_label
+from sance_core.ops.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
+from sance_core.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sance_core.constants import IGNORE_INDEX
 from sance_core.config import to_dict
-from sance_core.ops.crf import CRFConfig, crf_refine_labels
+from sance_core.constants import IGNORE_INDEX
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
 from sance_core.data.shards import read_shard
 from sance_core.io.images import DataError, read_image
 from sance_core.io.store import ArtifactReader, ArtifactWriter
+from sance_core.ops.crf import CRFConfig, crf_refine_labels
 from sance_core.oracle_seeds import OracleConfig, image_rng, oracle_seed
 
 log = logging.getLogger(__name__)

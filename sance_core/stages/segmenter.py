@@ -27,20 +27,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from sance_core.io.files import atomic_path
-from sance_core.models.backbones import BACKBONES
 from sance_core.config import to_dict
-from sance_core.data.dataset import DatasetSpec, load_split
-from sance_core.io.images import DataError, read_image
 from sance_core.constants import IGNORE_INDEX
-from sance_core.io.palette import read_label_png
+from sance_core.data.dataset import DatasetSpec, load_split
 from sance_core.data.shards import read_shard
 from sance_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, random_scale_flip_crop
-from sance_core.ops.crf import CRFConfig, deeplab_crf
-from sance_core.ops.inference import FUSIONS, _check_scales, predict_label
-from sance_core.models.deeplab import DEFAULT_RATES, DeepLabV2, arch_config, build_from_config
-from sance_core.runtime import map_on_devices, resolve_device, seed_everything, visible_devices
-from sance_core.io.store import ArtifactWriter
 from sance_core.engine import (
     CheckpointPolicy,
     EpochBatches,
@@ -57,7 +48,16 @@ from sance_core.engine import (
 )
 from sance_core.engine.loop import EpochEndFn
 from sance_core.engine.settings import check_training_config
+from sance_core.io.files import atomic_path
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import read_label_png
+from sance_core.io.store import ArtifactWriter
 from sance_core.io.weights import MODEL_FILE, load_model
+from sance_core.models.backbones import BACKBONES
+from sance_core.models.deeplab import DEFAULT_RATES, DeepLabV2, arch_config, build_from_config
+from sance_core.ops.crf import CRFConfig, deeplab_crf
+from sance_core.ops.inference import FUSIONS, _check_scales, predict_label
+from sance_core.runtime import map_on_devices, resolve_device, seed_everything, visible_devices
 
 log = logging.getLogger(__name__)
 

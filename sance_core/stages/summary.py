@@ -34,7 +34,8 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 EVAL_INPUTS = ("cam", "seeds", "pseudo_labels", "segmentation", "contour")
 # the paper's Table 1: pseudo-label mIoU (train), DeepLab mIoU (val); + contour ODS (Table 2)
-ABLATION_COLUMNS = ("mode", "output_stride", "pseudo_label_map", "tta", "pseudo_label_miou", "segmentation_miou", "contour_ods", "contour_ois",
+ABLATION_COLUMNS = ("mode", "output_stride", "pseudo_label_map", "tta", "pseudo_label_miou", "segmentation_miou",
+                    "contour_ods", "contour_ois",
                     "cam_miou", "seed_precision", "seed_coverage", "tau_b", "n_train", "n_val")
 MODE_TITLES = {
     "irnet": "baseline (IRNet)",

@@ -11,17 +11,17 @@ rule extract_cams:
         manifest=manifest(),
     output:
         cam=f"{SHARED}/cam/{{scatteritem}}.h5",
-    params:
-        cfg=cam_params(),
     log:
         f"{SHARED_LOGS}/extract_cams_{{scatteritem}}.log",
     benchmark:
         f"{SHARED_BENCH}/extract_cams_{{scatteritem}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        cfg=cam_params(),
     script:
         "../scripts/run_stage.py"

@@ -10,20 +10,24 @@ rule train_classifier:
         model=f"{SHARED}/classifier/model.pt",
         config=f"{SHARED}/classifier/config.json",
         history=f"{SHARED}/classifier/history.csv",
-        curve=report(f"{SHARED}/classifier/curve.png", caption="../report/classifier_curve.rst",
-                     category="Training", subcategory="Classifier"),
-    params:
-        cfg=classifier_params(),
+        curve=report(
+            f"{SHARED}/classifier/curve.png",
+            caption="../report/classifier_curve.rst",
+            category="Training",
+            subcategory="Classifier",
+        ),
     log:
         f"{SHARED_LOGS}/train_classifier.log",
     benchmark:
         f"{SHARED_BENCH}/train_classifier.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=classifier_params(),
     script:
         "../scripts/run_stage.py"

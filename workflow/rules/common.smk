@@ -105,8 +105,20 @@ def gpu_resources():
 
 # Stages 2-3 (classifier and CAMs), built from config["classifier"] and config["cam"].
 CLASSIFIER_KEYS = (
-    "backbone", "weights", "output_stride", "zero_init_residual", "epochs", "batch_size", "crop_size",
-    "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power", "recipe",
+    "backbone",
+    "weights",
+    "output_stride",
+    "zero_init_residual",
+    "epochs",
+    "batch_size",
+    "crop_size",
+    "scale_range",
+    "lr",
+    "head_lr_mult",
+    "weight_decay",
+    "momentum",
+    "poly_power",
+    "recipe",
 )
 
 
@@ -141,19 +153,27 @@ def cam_shards():
 
 # Stage 4 (seeds): CAM seeds, or oracle seeds from the masks in oracle runs.
 
+
 def make_seeds_inputs(wildcards):
     if SEED_RUN:
-        return {"shard": f"{SHARED}/shards/{config['data']['train_split']}/{wildcards.scatteritem}.txt",
-                "manifest": manifest()}
+        return {
+            "shard": f"{SHARED}/shards/{config['data']['train_split']}/{wildcards.scatteritem}.txt",
+            "manifest": manifest(),
+        }
     return {"cam": f"{SHARED}/cam/{wildcards.scatteritem}.h5"}
 
 
 def make_seeds_params():
     s = config["seeds"]
     if SEED_RUN:  # only oracle runs get the oracle settings (CAM seeds do not rerun when they change)
-        return {"dataset": dataset_params(), "compression": config["artifacts"]["compression"],
-                "source": "oracle", "oracle": dict(s["oracle"]), "split": config["data"]["train_split"],
-                "seed": config["seed"]}
+        return {
+            "dataset": dataset_params(),
+            "compression": config["artifacts"]["compression"],
+            "source": "oracle",
+            "oracle": dict(s["oracle"]),
+            "split": config["data"]["train_split"],
+            "seed": config["seed"],
+        }
     return {
         "dataset": dataset_params(),
         "fg_threshold": s["fg_threshold"],
@@ -165,8 +185,21 @@ def make_seeds_params():
 
 # Stage 7 (DeepLab): the params of the segmenter jobs of a mode, built from config["segmentation"].
 SEGMENTER_TRAIN_KEYS = (
-    "backbone", "weights", "init_from_classifier", "output_stride", "rates", "frozen_bn", "iterations",
-    "batch_size", "crop_size", "scale_range", "lr", "head_lr_mult", "weight_decay", "momentum", "poly_power",
+    "backbone",
+    "weights",
+    "init_from_classifier",
+    "output_stride",
+    "rates",
+    "frozen_bn",
+    "iterations",
+    "batch_size",
+    "crop_size",
+    "scale_range",
+    "lr",
+    "head_lr_mult",
+    "weight_decay",
+    "momentum",
+    "poly_power",
 )
 
 
@@ -246,9 +279,25 @@ def table1_key(mode):
 
 
 SANCE_TRAIN_KEYS = (
-    "backbone", "weights", "init_from_classifier", "output_stride", "frozen_bn", "contour_channels",
-    "epochs", "batch_size", "crop_size", "scale_range", "lr", "new_lr_mult", "weight_decay", "momentum",
-    "poly_power", "grad_clip", "contour_radius", "contour_power", "amp",
+    "backbone",
+    "weights",
+    "init_from_classifier",
+    "output_stride",
+    "frozen_bn",
+    "contour_channels",
+    "epochs",
+    "batch_size",
+    "crop_size",
+    "scale_range",
+    "lr",
+    "new_lr_mult",
+    "weight_decay",
+    "momentum",
+    "poly_power",
+    "grad_clip",
+    "contour_radius",
+    "contour_power",
+    "amp",
 )
 
 
@@ -277,7 +326,9 @@ def sance_train_params(mode):
     if s["epoch_eval"]["images"] > 0:  # Fig. 5: pseudo labels as stage 6 makes them, one scale
         p = config["pseudo_labels"]
         params["epoch_eval"] = {
-            "images": s["epoch_eval"]["images"], "map": settings["map"], "scale": p["scales"][0],
+            "images": s["epoch_eval"]["images"],
+            "map": settings["map"],
+            "scale": p["scales"][0],
             **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg")},
         }
     mode = settings["base"]
@@ -369,8 +420,10 @@ def deeplab_modes():
 if not config["data"]["mask_dir"] and "fully_supervised" in config["segmentation"]["modes"]:
     from snakemake.logging import logger
 
-    logger.warning("segmentation.modes: 'fully_supervised' is left out: it trains on ground-truth masks and "
-                   "data.mask_dir is null (remove it from segmentation.modes to silence this note)")
+    logger.warning(
+        "segmentation.modes: 'fully_supervised' is left out: it trains on ground-truth masks and "
+        "data.mask_dir is null (remove it from segmentation.modes to silence this note)"
+    )
 
 
 def ablation_modes():
@@ -412,12 +465,14 @@ def summary_inputs(wildcards):
     mode = wildcards.mode
     inputs = {"manifest": manifest()}
     if mode in sance_modes():
-        inputs.update({
-            "cam": f"{SHARED}/eval/cam.json",
-            "seeds": f"{RESULTS}/eval/seeds.json",
-            "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
-            "contour": f"{mode_dir(mode)}/eval/contour.json",
-        })
+        inputs.update(
+            {
+                "cam": f"{SHARED}/eval/cam.json",
+                "seeds": f"{RESULTS}/eval/seeds.json",
+                "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",
+                "contour": f"{mode_dir(mode)}/eval/contour.json",
+            }
+        )
     if mode in deeplab_modes():
         inputs["segmentation"] = f"{mode_dir(mode)}/eval/segmentation.json"
     return inputs

@@ -11,21 +11,21 @@ rule infer_contours:
         unpack(contour_maps_inputs),
     output:
         contours=f"{RESULTS}/{{mode}}/contours/eval.h5",
-    wildcard_constraints:
-        mode=SANCE_MODE_RE,
-    params:
-        cfg=lambda wc: contour_maps_params(wc.mode),
     log:
         f"{LOGS}/infer_contours_{{mode}}.log",
     benchmark:
         f"{BENCH}/infer_contours_{{mode}}.tsv"
+    wildcard_constraints:
+        mode=SANCE_MODE_RE,
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: contour_maps_params(wc.mode),
     script:
         "../scripts/run_stage.py"
 
@@ -35,22 +35,27 @@ rule evaluate_contours:
         manifest=manifest(),
         contours=f"{RESULTS}/{{mode}}/contours/eval.h5",
     output:
-        json=report(f"{RESULTS}/{{mode}}/eval/contour.json", caption="../report/eval_contour.rst",
-                    category="Evaluation", subcategory="Contours", labels={"mode": "{mode}", "file": "contour.json"}),
+        json=report(
+            f"{RESULTS}/{{mode}}/eval/contour.json",
+            caption="../report/eval_contour.rst",
+            category="Evaluation",
+            subcategory="Contours",
+            labels={"mode": "{mode}", "file": "contour.json"},
+        ),
         curve=f"{RESULTS}/{{mode}}/eval/contour_pr.tsv",
-    wildcard_constraints:
-        mode=SANCE_MODE_RE,
-    params:
-        cfg=lambda wc: contour_eval_params(wc.mode),
     log:
         f"{LOGS}/evaluate_contours_{{mode}}.log",
     benchmark:
         f"{BENCH}/evaluate_contours_{{mode}}.tsv"
+    wildcard_constraints:
+        mode=SANCE_MODE_RE,
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: contour_eval_params(wc.mode),
     script:
         "../scripts/run_stage.py"

@@ -6,6 +6,16 @@ rule demo_data:
     output:
         root=directory(config["data"]["root"]),
         preview=f"{SHARED}/figures/demo_preview.png",
+    log:
+        f"{SHARED_LOGS}/demo_data.log",
+    benchmark:
+        f"{SHARED_BENCH}/demo_data.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         cfg={
             "generator": {
@@ -14,16 +24,6 @@ rule demo_data:
             },
             "preview_samples": config["demo"]["preview_samples"],
         },
-    log:
-        f"{SHARED_LOGS}/demo_data.log",
-    benchmark:
-        f"{SHARED_BENCH}/demo_data.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        ENV
     script:
         "../scripts/run_stage.py"
 
@@ -33,6 +33,16 @@ rule validate_dataset:
         dataset=dataset_source(),
     output:
         manifest=manifest(),
+    log:
+        f"{SHARED_LOGS}/validate_dataset.log",
+    benchmark:
+        f"{SHARED_BENCH}/validate_dataset.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         cfg={
             "name": DATASET,
@@ -40,16 +50,6 @@ rule validate_dataset:
             "splits": splits(),
             "on_bad_image": config["data"]["on_bad_image"],
         },
-    log:
-        f"{SHARED_LOGS}/validate_dataset.log",
-    benchmark:
-        f"{SHARED_BENCH}/validate_dataset.tsv"
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        ENV
     script:
         "../scripts/run_stage.py"
 
@@ -59,17 +59,17 @@ rule shard_ids:
         manifest=manifest(),
     output:
         shards=scatter.shard(f"{SHARED}/shards/{{{{split}}}}/{{scatteritem}}.txt"),
-    params:
-        cfg=lambda wc: {"split": wc.split},
     log:
         f"{SHARED_LOGS}/shard_ids_{{split}}.log",
     benchmark:
         f"{SHARED_BENCH}/shard_ids_{{split}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: {"split": wc.split},
     script:
         "../scripts/run_stage.py"

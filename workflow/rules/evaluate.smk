@@ -11,28 +11,34 @@ rule evaluate_cams:
         manifest=manifest(),
         cams=gather.shard(f"{SHARED}/cam/{{scatteritem}}.h5"),
     output:
-        json=report(f"{CAM_EVAL_DIR}/cam.json", category="Evaluation", subcategory="CAMs",
-                    caption="../report/eval_cam.rst"),
-        tsv=report(f"{CAM_EVAL_DIR}/cam.tsv", category="Evaluation", subcategory="CAMs",
-                   caption="../report/eval_cam.rst"),
-        curve=report(f"{CAM_EVAL_DIR}/cam_threshold_curve.png", category="Evaluation", subcategory="CAMs",
-                     caption="../report/eval_cam_curve.rst"),
+        json=report(
+            f"{CAM_EVAL_DIR}/cam.json", category="Evaluation", subcategory="CAMs", caption="../report/eval_cam.rst"
+        ),
+        tsv=report(
+            f"{CAM_EVAL_DIR}/cam.tsv", category="Evaluation", subcategory="CAMs", caption="../report/eval_cam.rst"
+        ),
+        curve=report(
+            f"{CAM_EVAL_DIR}/cam_threshold_curve.png",
+            category="Evaluation",
+            subcategory="CAMs",
+            caption="../report/eval_cam_curve.rst",
+        ),
+    log:
+        f"{SHARED_LOGS}/evaluate_cams.log",
+    benchmark:
+        f"{SHARED_BENCH}/evaluate_cams.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         cfg={
             "dataset": dataset_params(),
             "split": config["data"]["train_split"],
             "thresholds": list(config["evaluation"]["cam_thresholds"]),
         },
-    log:
-        f"{SHARED_LOGS}/evaluate_cams.log",
-    benchmark:
-        f"{SHARED_BENCH}/evaluate_cams.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        ENV
     script:
         "../scripts/run_stage.py"
 
@@ -42,21 +48,23 @@ rule evaluate_seeds:
         manifest=manifest(),
         seeds=gather.shard(f"{RESULTS}/seeds/{{scatteritem}}.h5"),
     output:
-        json=report(f"{EVAL_DIR}/seeds.json", category="Evaluation", subcategory="Seeds",
-                    caption="../report/eval_seeds.rst"),
-        tsv=report(f"{EVAL_DIR}/seeds.tsv", category="Evaluation", subcategory="Seeds",
-                   caption="../report/eval_seeds.rst"),
-    params:
-        cfg={"dataset": dataset_params(), "split": config["data"]["train_split"]},
+        json=report(
+            f"{EVAL_DIR}/seeds.json", category="Evaluation", subcategory="Seeds", caption="../report/eval_seeds.rst"
+        ),
+        tsv=report(
+            f"{EVAL_DIR}/seeds.tsv", category="Evaluation", subcategory="Seeds", caption="../report/eval_seeds.rst"
+        ),
     log:
         f"{LOGS}/evaluate_seeds.log",
     benchmark:
         f"{BENCH}/evaluate_seeds.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        cfg={"dataset": dataset_params(), "split": config["data"]["train_split"]},
     script:
         "../scripts/run_stage.py"

@@ -13,22 +13,22 @@ rule infer_maps:
         manifest=manifest(),
     output:
         maps=f"{RESULTS}/{{mode}}/maps/{{shard}}.h5",
-    wildcard_constraints:
-        mode=SANCE_MODE_RE,
-        shard=r"[0-9]+-of-[0-9]+",
-    params:
-        cfg=lambda wc: infer_maps_params(wc.mode),
     log:
         f"{LOGS}/infer_maps_{{mode}}_{{shard}}.log",
     benchmark:
         f"{BENCH}/infer_maps_{{mode}}_{{shard}}.tsv"
+    wildcard_constraints:
+        mode=SANCE_MODE_RE,
+        shard=r"[0-9]+-of-[0-9]+",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: infer_maps_params(wc.mode),
     script:
         "../scripts/run_stage.py"
 
@@ -38,21 +38,21 @@ rule make_pseudo_labels:
         unpack(make_pseudo_labels_inputs),
     output:
         labels=f"{RESULTS}/{{mode}}/pseudo_labels/{{shard}}.h5",
-    wildcard_constraints:
-        mode=SANCE_MODE_RE,
-        shard=r"[0-9]+-of-[0-9]+",
-    params:
-        cfg=lambda wc: make_pseudo_labels_params(wc.mode),
     log:
         f"{LOGS}/make_pseudo_labels_{{mode}}_{{shard}}.log",
     benchmark:
         f"{BENCH}/make_pseudo_labels_{{mode}}_{{shard}}.tsv"
+    wildcard_constraints:
+        mode=SANCE_MODE_RE,
+        shard=r"[0-9]+-of-[0-9]+",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: make_pseudo_labels_params(wc.mode),
     script:
         "../scripts/run_stage.py"
 
@@ -62,20 +62,20 @@ rule export_pseudo_label_pngs:
         labels=scatter.shard(f"{RESULTS}/{{{{mode}}}}/pseudo_labels/{{scatteritem}}.h5"),
     output:
         png=directory(f"{RESULTS}/{{mode}}/pseudo_labels/png"),
-    wildcard_constraints:
-        mode=SANCE_MODE_RE,
-    params:
-        cfg=lambda wc: {"mode": wc.mode},
     log:
         f"{LOGS}/export_pseudo_label_pngs_{{mode}}.log",
     benchmark:
         f"{BENCH}/export_pseudo_label_pngs_{{mode}}.tsv"
+    wildcard_constraints:
+        mode=SANCE_MODE_RE,
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=20,
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: {"mode": wc.mode},
     script:
         "../scripts/run_stage.py"
 
@@ -87,8 +87,18 @@ rule evaluate_pseudo_labels:
     output:
         json=f"{RESULTS}/{{mode}}/eval/pseudo_labels.json",
         tsv=f"{RESULTS}/{{mode}}/eval/pseudo_labels.tsv",
+    log:
+        f"{LOGS}/evaluate_pseudo_labels_{{mode}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_pseudo_labels_{{mode}}.tsv"
     wildcard_constraints:
         mode=SANCE_MODE_RE,
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
     params:
         cfg=lambda wc: {
             "dataset": dataset_params(),
@@ -97,15 +107,5 @@ rule evaluate_pseudo_labels:
             "map": pseudo_label_map(wc.mode),
             "tau_b": config["pseudo_labels"]["tau_b"],
         },
-    log:
-        f"{LOGS}/evaluate_pseudo_labels_{{mode}}.log",
-    benchmark:
-        f"{BENCH}/evaluate_pseudo_labels_{{mode}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=30,
-    conda:
-        ENV
     script:
         "../scripts/run_stage.py"

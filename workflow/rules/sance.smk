@@ -10,22 +10,26 @@ rule train_sance:
         model=f"{RESULTS}/{{mode}}/sance_model/model.pt",
         config=f"{RESULTS}/{{mode}}/sance_model/config.json",
         history=f"{RESULTS}/{{mode}}/sance_model/history.csv",
-        curve=report(f"{RESULTS}/{{mode}}/sance_model/curve.png", caption="../report/sance_curve.rst",
-                     category="SANCE", labels={"mode": "{mode}"}),
-    wildcard_constraints:
-        mode=SANCE_MODE_RE,
-    params:
-        cfg=lambda wc: sance_train_params(wc.mode),
+        curve=report(
+            f"{RESULTS}/{{mode}}/sance_model/curve.png",
+            caption="../report/sance_curve.rst",
+            category="SANCE",
+            labels={"mode": "{mode}"},
+        ),
     log:
         f"{LOGS}/train_sance_{{mode}}.log",
     benchmark:
         f"{BENCH}/train_sance_{{mode}}.tsv"
+    wildcard_constraints:
+        mode=SANCE_MODE_RE,
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=240,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: sance_train_params(wc.mode),
     script:
         "../scripts/run_stage.py"

@@ -9,17 +9,17 @@ rule make_seeds:
         unpack(make_seeds_inputs),
     output:
         seeds=f"{RESULTS}/seeds/{{scatteritem}}.h5",
-    params:
-        cfg=make_seeds_params(),
     log:
         f"{LOGS}/make_seeds_{{scatteritem}}.log",
     benchmark:
         f"{BENCH}/make_seeds_{{scatteritem}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        cfg=make_seeds_params(),
     script:
         "../scripts/run_stage.py"

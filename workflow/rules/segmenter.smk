@@ -12,21 +12,26 @@ rule train_segmenter:
         model=f"{RESULTS}/{{mode}}/segmenter/model.pt",
         config=f"{RESULTS}/{{mode}}/segmenter/config.json",
         history=f"{RESULTS}/{{mode}}/segmenter/history.csv",
-        curve=report(f"{RESULTS}/{{mode}}/segmenter/curve.png", caption="../report/segmenter_curve.rst",
-                     category="Training", subcategory="DeepLab", labels={"mode": "{mode}"}),
-    params:
-        cfg=lambda wc: segmenter_train_params(wc.mode),
+        curve=report(
+            f"{RESULTS}/{{mode}}/segmenter/curve.png",
+            caption="../report/segmenter_curve.rst",
+            category="Training",
+            subcategory="DeepLab",
+            labels={"mode": "{mode}"},
+        ),
     log:
         f"{LOGS}/train_segmenter_{{mode}}.log",
     benchmark:
         f"{BENCH}/train_segmenter_{{mode}}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=240,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: segmenter_train_params(wc.mode),
     script:
         "../scripts/run_stage.py"
 
@@ -38,21 +43,21 @@ rule predict_segmenter:
         ids=f"{SHARED}/shards/{SEG_VAL}/{{shard}}.txt",
     output:
         predictions=f"{RESULTS}/{{mode}}/predictions/{{shard}}.h5",
-    wildcard_constraints:
-        shard=r"[0-9]+-of-[0-9]+",
-    params:
-        cfg=lambda wc: segmenter_predict_params(wc.mode),
     log:
         f"{LOGS}/predict_segmenter_{{mode}}_{{shard}}.log",
     benchmark:
         f"{BENCH}/predict_segmenter_{{mode}}_{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"[0-9]+-of-[0-9]+",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=3000,
         runtime=120,
         gpu=gpu_resources(),
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: segmenter_predict_params(wc.mode),
     script:
         "../scripts/run_stage.py"
 
@@ -62,21 +67,31 @@ rule evaluate_segmenter:
         manifest=manifest(),
         predictions=scatter.shard(f"{RESULTS}/{{{{mode}}}}/predictions/{{scatteritem}}.h5"),
     output:
-        json=report(f"{RESULTS}/{{mode}}/eval/segmentation.json", caption="../report/eval_segmentation.rst",
-                    category="Evaluation", subcategory="DeepLab", labels={"mode": "{mode}", "file": "json"}),
-        tsv=report(f"{RESULTS}/{{mode}}/eval/segmentation.tsv", caption="../report/eval_segmentation.rst",
-                   category="Evaluation", subcategory="DeepLab", labels={"mode": "{mode}", "file": "tsv"}),
-    params:
-        cfg=lambda wc: {"dataset": dataset_params(), "mode": wc.mode, "split": SEG_VAL},
+        json=report(
+            f"{RESULTS}/{{mode}}/eval/segmentation.json",
+            caption="../report/eval_segmentation.rst",
+            category="Evaluation",
+            subcategory="DeepLab",
+            labels={"mode": "{mode}", "file": "json"},
+        ),
+        tsv=report(
+            f"{RESULTS}/{{mode}}/eval/segmentation.tsv",
+            caption="../report/eval_segmentation.rst",
+            category="Evaluation",
+            subcategory="DeepLab",
+            labels={"mode": "{mode}", "file": "tsv"},
+        ),
     log:
         f"{LOGS}/evaluate_segmenter_{{mode}}.log",
     benchmark:
         f"{BENCH}/evaluate_segmenter_{{mode}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        cfg=lambda wc: {"dataset": dataset_params(), "mode": wc.mode, "split": SEG_VAL},
     script:
         "../scripts/run_stage.py"
