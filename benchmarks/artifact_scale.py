@@ -1,6 +1,6 @@
 """How the HDF5 artifacts scale: bytes per image, write/read throughput, peak memory.
 
-Writes and reads synthetic, COCO-sized shards with ``sance_core.storage`` exactly as the
+Writes and reads synthetic, COCO-sized shards with ``sance_core.io.store`` exactly as the
 stages do (one writer per shard, one group per image, only the present classes stored) and
 checks that memory does not grow with the number of images in a shard::
 
@@ -109,7 +109,7 @@ def child(stage: str, n: int, k: int, h: int, w: int, compression: str, folder: 
     import h5py  # noqa: F401 - part of the baseline
     import torch  # noqa: F401
 
-    from sance_core.storage import ArtifactReader, ArtifactWriter
+    from sance_core.io.store import ArtifactReader, ArtifactWriter
 
     # a pool of distinct images generated up front, cycled while writing: the generator's own
     # allocations (torch upsampling) stay out of what is measured
@@ -151,12 +151,12 @@ def child(stage: str, n: int, k: int, h: int, w: int, compression: str, folder: 
 
 def time_cpu_stages(sizes: list[tuple[int, int]], k: int, repeats: int, seed: int) -> list[dict]:
     """Seconds per image of the two CPU-bound per-image stages at real image sizes, one thread:
-    CRF seeds (sance_core.seeds.make_seed: two dense CRFs, IRNet settings) and pseudo-label
-    synthesis (sance_core.pseudo_labels.synthesize_label: propagation radius 5, beta 10, t 8)."""
+    CRF seeds (sance_core.stages.seeds.make_seed: two dense CRFs, IRNet settings) and pseudo-label
+    synthesis (sance_core.stages.pseudo_labels.synthesize_label: propagation radius 5, beta 10, t 8)."""
     import torch
 
-    from sance_core.pseudo_labels import synthesize_label
-    from sance_core.seeds import make_seed
+    from sance_core.stages.pseudo_labels import synthesize_label
+    from sance_core.stages.seeds import make_seed
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)

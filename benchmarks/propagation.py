@@ -68,7 +68,7 @@ def dense_propagate(scores, contour, radius: int, beta: float, exp_times: int, d
     dtype = dtype or torch.float32
     scores, contour = scores.to(dtype), contour.to(dtype)
 
-    from sance_core.affinity import path_affinity, symmetric_affinity, symmetric_offsets
+    from sance_core.ops.affinity import path_affinity, symmetric_affinity, symmetric_offsets
 
     c, h, w = scores.shape
     n = h * w
@@ -100,7 +100,7 @@ def _worker(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from sance_core.propagation import propagate
+    from sance_core.ops.propagation import propagate
 
     contour = torch.from_numpy(np.load(args.contour))
     scores = torch.from_numpy(np.load(args.scores))

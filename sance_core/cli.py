@@ -133,8 +133,8 @@ def _inspect(p: argparse.ArgumentParser):
     p.add_argument("--max-ids", type=int, default=20, help="ids listed without an id argument")
 
     def run(args: argparse.Namespace) -> int:
-        from sance_core.inspect_artifact import describe_array, render, summarise
-        from sance_core.storage import ArtifactReader
+        from sance_core.io.inspect import describe_array, render, summarise
+        from sance_core.io.store import ArtifactReader
 
         if args.id is None:
             if args.png:
@@ -163,7 +163,7 @@ def _predict(p: argparse.ArgumentParser):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     def run(args: argparse.Namespace) -> int:
-        from sance_core.segmenter import predict_files
+        from sance_core.stages.segmenter import predict_files
 
         try:
             records = predict_files(args.model, args.images, args.out, args.scales, args.flip, args.crf, args.device)
@@ -187,13 +187,13 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--image", help="check on this image (resized to height x width) instead of a random one")
 
     def run(args: argparse.Namespace) -> int:
-        from sance_core.export import ExportCheckError, export_and_check
+        from sance_core.models.export import ExportCheckError, export_and_check
 
         image = None
         if args.image:
             import numpy as np
 
-            from sance_core.data.io import read_image
+            from sance_core.io.images import read_image
             from sance_core.data.transforms import resize_image
 
             image = np.array(resize_image(read_image(args.image), size=(args.height, args.width)))
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from sance_core.config import ConfigError
-    from sance_core.data.io import DataError
+    from sance_core.io.images import DataError
     from sance_core.runtime import setup_logging
 
     parser = build_parser()

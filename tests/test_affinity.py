@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sance_core.affinity import (
+from sance_core.ops.affinity import (
     offset_valid_mask,
     path_affinity,
     path_offsets,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from sance_core.storage import ArtifactReader, ArtifactWriter
+from sance_core.io.store import ArtifactReader, ArtifactWriter
 
 
 def rss_mb() -> float:

@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from conftest import run_snakemake
-from sance_core.cam import CAMConfig, extract, load_classifier, run_stage, strided_size
-from sance_core.classifier import CAMClassifier, ClassifierConfig, model_config
+from sance_core.stages.cam import CAMConfig, extract, load_classifier, run_stage, strided_size
+from sance_core.models.classifier import CAMClassifier
+from sance_core.stages.classifier import ClassifierConfig, model_config
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError, read_image
+from sance_core.io.images import DataError, read_image
 from sance_core.data.transforms import normalize_image, resize_image
-from sance_core.storage import ArtifactReader
-from sance_core.training import save_model
+from sance_core.io.store import ArtifactReader
+from sance_core.engine.training import save_model
 
 CLASSES = ("background", "a", "b", "c")
 # id -> (height, width, labels); two images share a size so that they form one batch

@@ -14,12 +14,11 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from sance_core.classifier import (
-    CAMClassifier,
+from sance_core.models.classifier import CAMClassifier, build_from_config
+from sance_core.stages.classifier import (
     ClassifierConfig,
     EpochBatches,
     batch_metrics,
-    build_from_config,
     load_training_set,
     model_config,
     run_stage,
@@ -27,7 +26,7 @@ from sance_core.classifier import (
 )
 from sance_core.config import ConfigError, from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.training import CHECKPOINT_FILE, load_model
+from sance_core.engine.training import CHECKPOINT_FILE, load_model
 
 CLASSES = ("background", "a", "b", "c")
 

@@ -14,8 +14,8 @@ from sance_core.data.coco import (
     COCO_CLASSES, CocoConversionConfig, SplitSource, category_labels, class_mask, convert_coco,
 )
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError
-from sance_core.data.palette import read_label_png
+from sance_core.io.images import DataError
+from sance_core.io.palette import read_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
 
 # pycocotools (pinned) decodes masks through a NumPy API that numpy 2 warns about

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sance_core.crf import CRFConfig, crf_refine_labels, crf_refine_probs
+from sance_core.ops.crf import CRFConfig, crf_refine_labels, crf_refine_probs
 
 
 def two_region_image(h: int = 40, w: int = 48) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from sance_core.data import demo
 from sance_core.data.demo import DEMO_CLASSES, DemoDataConfig, generate_demo_dataset, render_preview
-from sance_core.data.palette import IGNORE_INDEX, read_label_png, voc_palette
+from sance_core.constants import IGNORE_INDEX
+from sance_core.io.palette import read_label_png, voc_palette
 
 SMALL = DemoDataConfig(seed=3, n_train=6, n_val=3)
 

@@ -12,7 +12,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from conftest import shared_data
-from sance_core import edge_eval as ee
+from sance_core.eval import edge_eval as ee
 
 
 # ----------------------------------------------------------------------------- ground truth

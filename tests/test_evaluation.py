@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from sance_core.data.dataset import DatasetSpec
-from sance_core.data.io import DataError
-from sance_core.data.palette import save_label_png
+from sance_core.io.images import DataError
+from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
-from sance_core.evaluation import cam_labels_at_thresholds
+from sance_core.eval.evaluation import cam_labels_at_thresholds
 from sance_core.stages import run_stage
-from sance_core.storage import ArtifactWriter
+from sance_core.io.store import ArtifactWriter
 
 CLASSES = ("background", "a", "b")
 

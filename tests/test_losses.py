@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sance_core.affinity import path_affinity, path_offsets
-from sance_core.losses import (
+from sance_core.ops.affinity import path_affinity, path_offsets
+from sance_core.ops.losses import (
     AffinityTargets,
     affinity_loss_terms,
     affinity_targets,

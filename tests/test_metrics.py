@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sance_core.metrics import ConfusionMatrix, SeedMetrics
+from sance_core.eval.metrics import ConfusionMatrix, SeedMetrics
 
 
 def naive_iou(preds, gts, n):

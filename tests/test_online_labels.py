@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sance_core.online_labels import (
+from sance_core.ops.online_labels import (
     DEFAULT_BG_THRESHOLD,
     make_online_label,
     online_label,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sance_core.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
+from sance_core.ops.paste import PasteConfig, Rect, paste_patch, sample_patch, sample_rect, sample_rect_size
 
 
 def test_rect_sizes_are_grid_aligned_and_inside_the_crop():

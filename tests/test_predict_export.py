@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import shared_data
 from sance_core.cli import main
-from sance_core.data.palette import voc_palette
-from sance_core.export import ExportCheckError, check_onnx, export_onnx
+from sance_core.io.palette import voc_palette
+from sance_core.models.export import ExportCheckError, check_onnx, export_onnx
 from sance_core.models.deeplab import DeepLabV2, arch_config
-from sance_core.training import save_model
+from sance_core.engine.training import save_model
 
 CLASSES = ["background", "bird", "lamp", "robot", "snail", "cactus"]
 
@@ -113,7 +113,7 @@ def test_export_matches_pytorch_in_onnxruntime_at_other_sizes(model_dir, voc_ima
     meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     assert json.loads(meta["classes"]) == CLASSES and meta["backbone"] == "resnet18"
     # an independent check at a size never seen during export
-    from sance_core.segmenter import load_segmenter
+    from sance_core.stages.segmenter import load_segmenter
 
     model, _ = load_segmenter(model_dir)
     x = torch.randn(1, 3, 71, 93)
@@ -126,7 +126,7 @@ def test_export_matches_pytorch_in_onnxruntime_at_other_sizes(model_dir, voc_ima
 
 
 def test_export_check_fails_when_the_runtime_disagrees(model_dir, tmp_path):
-    from sance_core.segmenter import load_segmenter
+    from sance_core.stages.segmenter import load_segmenter
 
     model, config = load_segmenter(model_dir)
     path = export_onnx(model, config, tmp_path / "m.onnx", 48, 48)

@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import BIN, REPO
 from sance_core.data.coco import COCO_CLASSES, CocoConversionConfig, convert_coco, standard_sources
 from sance_core.data.dataset import DatasetSpec
-from sance_core.data.palette import save_label_png
+from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
 
 pytestmark = [pytest.mark.workflow, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]

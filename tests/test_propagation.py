@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sance_core.affinity import symmetric_offsets
-from sance_core.propagation import (
+from sance_core.ops.affinity import symmetric_offsets
+from sance_core.ops.propagation import (
     apply_transition,
     propagate,
     propagate_batch,

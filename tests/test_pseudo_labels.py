@@ -14,9 +14,9 @@ from PIL import Image
 
 from sance_core.config import from_dict
 from sance_core.data.dataset import Manifest
-from sance_core.data.palette import read_label_png, save_label_png
+from sance_core.io.palette import read_label_png, save_label_png
 from sance_core.models import build_sance_model
-from sance_core.pseudo_labels import (
+from sance_core.stages.pseudo_labels import (
     EvalConfig,
     ExportConfig,
     MapsConfig,
@@ -28,9 +28,9 @@ from sance_core.pseudo_labels import (
     run_make_pseudo_labels,
     synthesize_label,
 )
-from sance_core.sance_training import SanceConfig, model_config
-from sance_core.storage import ArtifactReader, ArtifactWriter
-from sance_core.training import save_model
+from sance_core.stages.sance import SanceConfig, model_config
+from sance_core.io.store import ArtifactReader, ArtifactWriter
+from sance_core.engine.training import save_model
 
 CLASSES = ["background", "a", "b"]
 

@@ -8,8 +8,8 @@ from PIL import Image
 from scipy import ndimage
 
 from sance_core.data.dataset import DatasetSpec
-from sance_core.data.io import DataError
-from sance_core.data.palette import read_label_png, save_label_png
+from sance_core.io.images import DataError
+from sance_core.io.palette import read_label_png, save_label_png
 from sance_core.data.readers import (
     convert_sbd_masks,
     read_sbd_cls,

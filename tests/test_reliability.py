@@ -31,11 +31,11 @@ from PIL import Image
 from conftest import BIN, REPO, run_snakemake
 from sance_core.config_checks import relation_errors, schema_error_message
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError, read_image
-from sance_core.data.palette import save_label_png
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
-from sance_core.storage import ArtifactError, ArtifactReader, ArtifactWriter, remove_stale_temp_files
-from sance_core.training import CHECKPOINT_FILE, CheckpointManager, NonFiniteLossError, load_model, save_model
+from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter, remove_stale_temp_files
+from sance_core.engine.training import CHECKPOINT_FILE, CheckpointManager, NonFiniteLossError, load_model, save_model
 from test_validate import cfg as validation_config
 from test_validate import make_voc
 
@@ -161,7 +161,7 @@ def test_only_the_validation_reads_split_lists_so_stages_see_manifest_ids_only()
     """Skipped images never reach CAMs or training: every later stage takes its ids from the
     manifest (or from shard lists cut from it); only validation reads ImageSets or a tags file.
     edge_eval reads a user id list only to restrict the manifest's ids (intersection)."""
-    allowed = {"sance_core/data/validate.py", "sance_core/data/shards.py", "sance_core/edge_eval.py"}
+    allowed = {"sance_core/data/validate.py", "sance_core/data/shards.py", "sance_core/eval/edge_eval.py"}
     callers = {str(path) for name in ("read_id_list", "split_path", "read_tags_csv") for path, _ in _calls(name)}
     assert callers <= allowed, f"new readers of split lists outside validation: {sorted(callers - allowed)}"
     assert "sance_core/data/validate.py" in callers
@@ -369,8 +369,8 @@ _KILLABLE_SANCE = textwrap.dedent("""
     if spec:
         what, n = spec.split(":")
         n = int(n)
-        import sance_core.classifier as clf
-        from sance_core import training
+        import sance_core.stages.classifier as clf
+        from sance_core.engine import training
         if what == "step":
             _poly = clf.set_poly_lr
             def set_poly_lr(optimizer, step, total, power=0.9):
@@ -501,7 +501,8 @@ def test_retries_rerun_a_job_that_failed_once(workdir, tiny_config, tmp_path, mo
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(_FAIL_ONCE_SITECUSTOMIZE)
-    monkeypatch.setenv("PYTHONPATH", str(inject))
+    # the fault injector first, then the checkout under test (not whatever copy is installed)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(inject), str(REPO)]))
     targets = [f"results/tiny/shards/{s}/{k}-of-2.txt" for s in ("train", "val") for k in (1, 2)]
     monkeypatch.setenv("SANCE_TEST_FAIL_ONCE", f"shard_ids:{tmp_path / 'failed-once-a'}")
     proc = run_snakemake(workdir, *targets, "--cores", "1", "--configfile", str(tiny_config), check=False)
@@ -686,7 +687,7 @@ def _nan_at(n: int, fn):
 
 
 def _classifier_run(tmp: Path, monkeypatch):
-    import sance_core.classifier as clf
+    import sance_core.stages.classifier as clf
     from test_classifier import make_dataset, small_config
 
     spec, manifest = make_dataset(tmp / "data", n=6)
@@ -697,7 +698,7 @@ def _classifier_run(tmp: Path, monkeypatch):
 
 
 def _sance_run(tmp: Path, monkeypatch):
-    import sance_core.sance_training as st
+    import sance_core.stages.sance as st
     from test_sance_training import _cfg, _tiny_set
 
     ds, ids, tags, seeds = _tiny_set(tmp)
@@ -707,7 +708,7 @@ def _sance_run(tmp: Path, monkeypatch):
 
 
 def _deeplab_run(tmp: Path, monkeypatch):
-    import sance_core.segmenter as seg
+    import sance_core.stages.segmenter as seg
 
     root = tmp / "data"
     _small_voc(root)
@@ -754,7 +755,7 @@ def test_an_exploding_learning_rate_never_leaves_a_non_finite_checkpoint(tmp_pat
     """lr 1000: the weights overflow while the loss of the iteration is still finite (here: after
     iteration 6, at the end of epoch 2). Training stops; the checkpoint stays the finite one of
     epoch 1 and no model file is written (without the weight check it held inf/NaN weights)."""
-    import sance_core.classifier as clf
+    import sance_core.stages.classifier as clf
     from test_classifier import make_dataset, small_config
 
     spec, manifest = make_dataset(tmp_path / "data", n=6)
@@ -787,8 +788,8 @@ def test_non_finite_weights_are_refused_by_checkpoint_and_model_saves(tmp_path):
 
 def test_empty_seeds_give_finite_losses_and_a_finite_training_step():
     """An image where no pixel is confident (seeds all 255) must not crash or NaN the losses."""
-    from sance_core.losses import contour_loss, segmentation_loss
-    from sance_core.sance_training import build_model, training_step
+    from sance_core.ops.losses import contour_loss, segmentation_loss
+    from sance_core.stages.sance import build_model, training_step
     from test_sance_training import _batch, _cfg
 
     contour = torch.rand(2, 8, 8, requires_grad=True)
@@ -811,7 +812,7 @@ def test_empty_seeds_give_finite_losses_and_a_finite_training_step():
 
 
 def test_a_training_set_without_any_confident_seed_trains_without_nan(tmp_path):
-    from sance_core.sance_training import SanceData, train
+    from sance_core.stages.sance import SanceData, train
     from test_sance_training import _cfg, _tiny_set
 
     ds, ids, tags, _ = _tiny_set(tmp_path)
@@ -875,7 +876,7 @@ class _Payload:
 def test_a_pickle_bearing_model_or_checkpoint_is_refused_without_running_it(tmp_path):
     import pickle
 
-    from sance_core.backbones import ResNetBackbone
+    from sance_core.models.backbones import ResNetBackbone
 
     marker = tmp_path / "code-ran"
     model_dir = tmp_path / "model"
@@ -940,14 +941,15 @@ def test_artifacts_hold_no_pickles_whatever_the_attribute_types(tmp_path):
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     """A classifier, a SANCE model and a DeepLab, each saved by its stage's own functions (random init)."""
-    from sance_core.classifier import CAMClassifier, ClassifierConfig
-    from sance_core.classifier import model_config as classifier_config
+    from sance_core.models.classifier import CAMClassifier
+    from sance_core.stages.classifier import ClassifierConfig
+    from sance_core.stages.classifier import model_config as classifier_config
     from sance_core.models import build_sance_model
     from sance_core.models.deeplab import DeepLabV2
-    from sance_core.sance_training import SanceConfig
-    from sance_core.sance_training import model_config as sance_config
-    from sance_core.segmenter import SegmenterConfig
-    from sance_core.segmenter import model_config as deeplab_config
+    from sance_core.stages.sance import SanceConfig
+    from sance_core.stages.sance import model_config as sance_config
+    from sance_core.stages.segmenter import SegmenterConfig
+    from sance_core.stages.segmenter import model_config as deeplab_config
 
     tmp = tmp_path_factory.mktemp("models")
     _small_voc(tmp / "data", n=2, classes=("background", "a", "b"))
@@ -978,7 +980,7 @@ OTHER_CLASSES = ["background", "a", "x"]
 
 @pytest.mark.parametrize("case", ["classes", "backbone", "weights"])
 def test_a_classifier_of_another_config_is_refused_by_the_cam_stage(models_dir, tmp_path, case):
-    from sance_core.cam import CAMConfig, run_stage
+    from sance_core.stages.cam import CAMConfig, run_stage
 
     data = models_dir / "data"
     classes, backbone, model = ["background", "a", "b"], "resnet18", models_dir / "classifier"
@@ -1004,7 +1006,7 @@ def test_a_classifier_of_another_config_is_refused_by_the_cam_stage(models_dir, 
 
 @pytest.mark.parametrize("case", ["classes", "mode", "weights"])
 def test_a_sance_model_of_another_config_is_refused_by_the_pseudo_label_maps(models_dir, tmp_path, case):
-    from sance_core.pseudo_labels import MapsConfig, run_infer_maps
+    from sance_core.stages.pseudo_labels import MapsConfig, run_infer_maps
 
     data = models_dir / "data"
     classes, mode, model = ("background", "a", "b"), "sance", models_dir / "sance"
@@ -1028,7 +1030,7 @@ def test_a_sance_model_of_another_config_is_refused_by_the_pseudo_label_maps(mod
 
 @pytest.mark.parametrize("case", ["classes", "backbone", "weights"])
 def test_a_deeplab_of_another_config_is_refused_by_predict(models_dir, tmp_path, case):
-    from sance_core.segmenter import PredictConfig, run_predict
+    from sance_core.stages.segmenter import PredictConfig, run_predict
 
     data = models_dir / "data"
     classes, backbone, model = ("background", "a", "b"), "resnet18", models_dir / "deeplab"
@@ -1058,11 +1060,11 @@ _MEASURE_EVALUATION = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
     root, n, stage, leak = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
-    from sance_core import evaluation
+    from sance_core.eval import evaluation
     from sance_core.data.dataset import DatasetSpec, Manifest
-    from sance_core.storage import ArtifactReader
+    from sance_core.io.store import ArtifactReader
     if stage == "pseudo_labels":
-        from sance_core import pseudo_labels
+        from sance_core.stages import pseudo_labels
     kept = []
     if leak:  # the fault the measurement must catch: every map read stays in memory
         _read = ArtifactReader.read
@@ -1097,7 +1099,7 @@ _MEASURE_EVALUATION = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
     """2,000 masks; manifests of the first 500 and of all; per stage and size, four shards written
-    by sance_core.storage (stage files made on demand)."""
+    by sance_core.io.store (stage files made on demand)."""
     root = tmp_path_factory.mktemp("scale")
     (root / "SegmentationClass").mkdir()
     ids = [f"img{i:05d}" for i in range(N_LARGE)]

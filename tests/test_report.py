@@ -14,10 +14,10 @@ import pytest
 
 from conftest import run_snakemake
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.palette import read_label_png
+from sance_core.io.palette import read_label_png
 from sance_core.data.shards import read_shard
-from sance_core.edge_eval import ContourEvalConfig, evaluate_contour_maps, mask_boundaries
-from sance_core.storage import ArtifactWriter
+from sance_core.eval.edge_eval import ContourEvalConfig, evaluate_contour_maps, mask_boundaries
+from sance_core.io.store import ArtifactWriter
 
 SANCE_MODES = ("irnet", "sance")
 DEEPLAB_MODES = ("fully_supervised",)
@@ -116,7 +116,7 @@ def fake_data(root: Path, name: str, classes: list[str]) -> None:
     run_stage("demo_data", {"generator": {"n_train": 6, "n_val": 4, "min_side": 48, "max_side": 64}},
               {}, {"root": str(data), "preview": str(res / "figures" / "demo_preview.png")})
     spec = {"root": str(data), "classes": classes}
-    run_stage("validate", {"name": name, "dataset": spec, "splits": ["train", "val"], "threads": 1},
+    run_stage("validate_dataset", {"name": name, "dataset": spec, "splits": ["train", "val"], "threads": 1},
               {}, {"manifest": str(res / "manifest.json")})
     for split in ("train", "val"):
         run_stage("shard_ids", {"split": split}, {"manifest": str(res / "manifest.json")},
@@ -172,7 +172,7 @@ def test_contour_stage_on_one_shard(tmp_path):
     """evaluate_contour_maps on a hand-made maps shard: a perfect contour scores 1, noise lowers it."""
     root = tmp_path / "voc"
     (root / "SegmentationClass").mkdir(parents=True)
-    from sance_core.data.palette import save_label_png
+    from sance_core.io.palette import save_label_png
 
     entries = []
     for k in range(2):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sance_core.config import ConfigError, from_dict
-from sance_core.sance_training import (
+from sance_core.stages.sance import (
     SanceConfig,
     SanceData,
     compute_losses,
@@ -20,7 +20,7 @@ from sance_core.sance_training import (
     train,
     training_step,
 )
-from sance_core.storage import ArtifactWriter
+from sance_core.io.store import ArtifactWriter
 
 DS = {"root": "unused", "classes": ["background", "a", "b"]}
 
@@ -154,7 +154,7 @@ def test_online_losses_act_only_inside_the_pasted_rectangle():
 def test_one_training_step_decreases_the_loss_on_a_fixed_batch(mode):
     torch.manual_seed(0)
     cfg = _cfg(mode=mode, lr=1e-4)  # small enough for a descent step from a random init
-    from sance_core.sance_training import build_model
+    from sance_core.stages.sance import build_model
 
     model = build_model(cfg)
     opt = torch.optim.SGD(model.param_groups(cfg.lr, cfg.new_lr_mult, 0.0), lr=cfg.lr, momentum=0.0)

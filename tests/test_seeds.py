@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from sance_core.config import ConfigError
-from sance_core.crf import CRFConfig
+from sance_core.ops.crf import CRFConfig
 from sance_core.data.dataset import DatasetSpec
-from sance_core.data.io import DataError
-from sance_core.data.palette import save_label_png
-from sance_core.seeds import combine_confidence, make_seed, threshold_labels
+from sance_core.io.images import DataError
+from sance_core.io.palette import save_label_png
+from sance_core.stages.seeds import combine_confidence, make_seed, threshold_labels
 from sance_core.stages import run_stage
-from sance_core.storage import ArtifactReader, ArtifactWriter
+from sance_core.io.store import ArtifactReader, ArtifactWriter
 
 CLASSES = ("background", "a", "b", "c")
 

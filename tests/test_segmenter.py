@@ -15,12 +15,12 @@ from PIL import Image
 
 from sance_core.config import from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError
-from sance_core.data.palette import read_label_png, save_label_png
-from sance_core.evaluation import SegmentationEvalConfig, run_segmentation_evaluation
-from sance_core.inference import multiscale_predict
+from sance_core.io.images import DataError
+from sance_core.io.palette import read_label_png, save_label_png
+from sance_core.stages.evaluate import SegmentationEvalConfig, run_segmentation_evaluation
+from sance_core.ops.inference import multiscale_predict
 from sance_core.models.deeplab import DeepLabV2
-from sance_core.segmenter import (
+from sance_core.stages.segmenter import (
     PredictConfig,
     SegmenterConfig,
     load_segmenter,
@@ -30,7 +30,7 @@ from sance_core.segmenter import (
     segmentation_loss,
     train,
 )
-from sance_core.storage import ArtifactReader, ArtifactWriter
+from sance_core.io.store import ArtifactReader, ArtifactWriter
 
 CLASSES = ("background", "square", "disc")
 

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sance_core.storage import ArtifactError, ArtifactReader, ArtifactWriter, config_hash, open_shards
+from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter, config_hash, open_shards
 
 
 def _write(path, n=3, stage="cam"):
@@ -73,7 +73,7 @@ def test_killed_writer_leaves_no_complete_looking_file(tmp_path):
     path = tmp_path / "shard.h5"
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from sance_core.storage import ArtifactWriter
+        from sance_core.io.store import ArtifactWriter
         with ArtifactWriter({str(path)!r}, stage="cam") as w:
             w.add("a", {{"x": np.zeros((4, 4), np.float32)}})
             w._file.flush()

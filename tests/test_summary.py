@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sance_core.summary import (
+from sance_core.stages.summary import (
     ABLATION_COLUMNS,
     AblationConfig,
     SummaryConfig,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sance_core.data.transforms import MEAN_COLOUR, normalize_image, random_scale_flip_crop
-from sance_core.training import (
+from sance_core.engine.training import (
     CheckpointManager,
     History,
     NonFiniteLossError,

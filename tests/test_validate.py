@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.data.io import DataError, read_image
-from sance_core.data.palette import save_label_png
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import save_label_png
 from sance_core.data.validate import ValidationConfig, validate_dataset
 
 from conftest import shared_data

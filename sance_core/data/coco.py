@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from sance_core.data.io import DataError, check_image_id
-from sance_core.data.palette import IGNORE_INDEX, save_label_png
+from sance_core.io.files import atomic_path, write_text_atomic
+from sance_core.io.images import DataError, check_image_id
+from sance_core.constants import IGNORE_INDEX
+from sance_core.io.palette import save_label_png
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +165,13 @@ def image_labels(annotations: Iterable[Mapping[str, Any]], cat_to_label: Mapping
 
 
 def _atomic_copy(src: Path, dst: Path, mode: str) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    if mode == "symlink":
-        tmp.symlink_to(src.resolve())
-    elif mode == "hardlink":
-        os.link(src, tmp)
-    else:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _save_mask_atomic(label: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    save_label_png(label, tmp)
-    os.replace(tmp, path)
+    with atomic_path(dst) as tmp:
+        if mode == "symlink":
+            tmp.symlink_to(src.resolve())
+        elif mode == "hardlink":
+            os.link(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
 
 
 # a task is everything one worker needs for one image: no shared annotation index
@@ -193,7 +187,8 @@ def _convert_one(task: _Task, out_root: Path, cat_to_label: Mapping[int, int], c
             raise DataError(f"{src}: image listed in the annotations is missing")
         _atomic_copy(src, image_dst, cfg.images)
     if cfg.overwrite or not mask_dst.exists():
-        _save_mask_atomic(class_mask(height, width, anns, cat_to_label, cfg.crowd), mask_dst)
+        with atomic_path(mask_dst) as tmp:
+            save_label_png(class_mask(height, width, anns, cat_to_label, cfg.crowd), tmp)
         return "written"
     return "kept"
 
@@ -252,12 +247,6 @@ def _load_coco(path: Path) -> Any:
         raise DataError(f"{path}: not a COCO instances file ({err})") from err
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def convert_coco(sources: Sequence[SplitSource], out_root: str | Path,
                  cfg: CocoConversionConfig = CocoConversionConfig()) -> ConversionSummary:
     """Convert every split; all splits must share one category list."""
@@ -292,16 +281,16 @@ def convert_coco(sources: Sequence[SplitSource], out_root: str | Path,
                 counts[worker(task)] += 1
                 bar.update()
         bar.close()
-        _write_text_atomic(out_root / "ImageSets/Segmentation" / f"{source.name}.txt", "".join(f"{i}\n" for i in ids))
+        write_text_atomic(out_root / "ImageSets/Segmentation" / f"{source.name}.txt", "".join(f"{i}\n" for i in ids))
         summary.splits[source.name] = counts
         log.info("split %s: %d images (%d without annotations left out), %d masks written, %d kept",
                  source.name, len(ids), skipped, counts["written"], counts["kept"])
         del coco
     summary.classes = ["background", *(classes or [])]
-    _write_text_atomic(out_root / "classes.txt", "".join(f"{c}\n" for c in summary.classes))
-    _write_text_atomic(out_root / "cls_labels.tsv",
+    write_text_atomic(out_root / "classes.txt", "".join(f"{c}\n" for c in summary.classes))
+    write_text_atomic(out_root / "cls_labels.tsv",
                        "".join(f"{i}\t{' '.join(map(str, ls))}\n" for i, ls in labels.items()))
-    _write_text_atomic(out_root / "conversion.json",
+    write_text_atomic(out_root / "conversion.json",
                        json.dumps({"config": asdict(cfg), **asdict(summary),
                                    "sources": {s.name: {"annotations": str(s.annotations), "images": str(s.image_dir)}
                                                for s in sources}}, indent=1))

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from sance_core.data.io import DataError, read_image
-from sance_core.data.palette import read_label_png
+from sance_core.io.files import write_text_atomic
+from sance_core.io.images import DataError, read_image
+from sance_core.io.palette import read_label_png
 
 LABEL_SOURCES = ("masks", "file", "xml")
 FORMATS = ("voc", "tags_csv")
@@ -136,10 +137,7 @@ class Manifest:
         return vec
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.__dict__, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":

@@ -52,7 +52,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from sance_core.data.palette import IGNORE_INDEX, colorize, read_label_png, save_label_png
+from sance_core.constants import IGNORE_INDEX
+from sance_core.io.palette import colorize, read_label_png, save_label_png
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
   column): the format most users have. ``data.format: tags_csv`` reads it in place; see
   :func:`read_tags_csv`.
 
-Every reader raises :class:`~sance_core.data.io.DataError` naming the file (and row) at fault.
+Every reader raises :class:`~sance_core.io.images.DataError` naming the file (and row) at fault.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sance_core.data.io import DataError, check_image_id
+from sance_core.io.files import atomic_path
+from sance_core.io.images import DataError, check_image_id
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def read_sbd_inst(path: str | Path) -> SBDInstanceAnnotation:
 
 def convert_sbd_masks(cls_dir: str | Path, out_dir: str | Path, ids: Sequence[str]) -> list[Path]:
     """Write SBD class masks as VOC palette PNGs (how ``SegmentationClassAug`` is built from SBD)."""
-    from sance_core.data.palette import save_label_png
+    from sance_core.io.palette import save_label_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,9 +191,8 @@ def convert_sbd_masks(cls_dir: str | Path, out_dir: str | Path, ids: Sequence[st
         check_image_id(image_id, cls_dir)
         ann = read_sbd_cls(Path(cls_dir) / f"{image_id}.mat")
         target = out_dir / f"{image_id}.png"
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        save_label_png(ann.segmentation, tmp)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            save_label_png(ann.segmentation, tmp)
         written.append(target)
     return written
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sance_core.data.dataset import Manifest
-from sance_core.data.io import read_id_list
+from sance_core.io.images import read_id_list
 
 
 @dataclass(frozen=True)
@@ -35,11 +32,3 @@ def read_shard(path: str | Path) -> list[str]:
     return [] if path.stat().st_size == 0 else read_id_list(path)
 
 
-def run_stage(cfg: ShardConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
-    """Input ``manifest``; output ``shards``: the list of shard files, in order."""
-    paths = outputs["shards"]
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    ids = Manifest.load(inputs["manifest"]).ids(cfg.split)
-    for path, chunk in zip(paths, shard_ids(ids, len(paths))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text("".join(f"{i}\n" for i in chunk))

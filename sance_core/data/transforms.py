@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sance_core.data.palette import IGNORE_INDEX
+from sance_core.constants import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -16,8 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sance_core.data.dataset import DatasetSpec, Manifest, read_label_file
-from sance_core.data.io import DataError, check_image_id, read_id_list, read_image
-from sance_core.data.palette import IGNORE_INDEX, read_label_png
+from sance_core.io.images import DataError, check_image_id, read_id_list, read_image
+from sance_core.constants import IGNORE_INDEX
+from sance_core.io.palette import read_label_png
 from sance_core.data.readers import read_tags_csv, read_voc_xml_labels
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,3 @@ def validate_dataset(cfg: ValidationConfig, manifest_path: str | Path) -> Manife
     return manifest
 
 
-def run_stage(cfg: ValidationConfig, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """Stage ``validate``; output ``manifest``: ids, sizes and image-level labels per split."""
-    validate_dataset(cfg, outputs["manifest"])

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sance_core.backbones import BACKBONES, ResNetBackbone
+from sance_core.models.backbones import BACKBONES, ResNetBackbone
 from sance_core.models.heads import ASPP
 
 MODEL_KIND = "deeplab_v2"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sance_core.backbones import BACKBONES, ResNetBackbone, freeze_batchnorm
+from sance_core.models.backbones import BACKBONES, ResNetBackbone, freeze_batchnorm
 from sance_core.models.heads import ASPP, ContourHead
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def load_backbone_from_classifier(model: SanceModel, classifier_dir: str | Path)
     Used where no ImageNet weights exist (the demo): the classifier's backbone is the only
     pretrained one.  The stride differs (dilation only), the weights' shapes do not.
     """
-    from sance_core.training import load_model
+    from sance_core.engine.training import load_model
 
     state, config = load_model(classifier_dir, {"backbone": model.backbone.name})
     prefix = "backbone."

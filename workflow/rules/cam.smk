@@ -24,7 +24,4 @@ rule extract_cams:
     conda:
         ENV
     script:
-        "../scripts/extract_cams.py"
-
-
-TARGETS.extend(cam_shards())
+        "../scripts/run_stage.py"

@@ -26,4 +26,4 @@ rule train_classifier:
     conda:
         ENV
     script:
-        "../scripts/train_classifier.py"
+        "../scripts/run_stage.py"

@@ -16,7 +16,7 @@ RESULTS = f"results/{DATASET}"
 LOGS = f"logs/{DATASET}"
 BENCH = f"benchmarks/{DATASET}"
 ENV = "../../envs/sance.yaml"
-# the adapters import sance_core from this checkout even when it is not installed
+# the rules' script imports sance_core from this checkout even when it is not installed
 sys.path.insert(0, str(Path(workflow.basedir)))
 PYTHON = sys.executable
 
@@ -58,11 +58,18 @@ def manifest():
 
 
 def all_targets():
-    """What `snakemake all` builds; later stages add theirs to TARGETS in their rule file."""
-    return [manifest(), *shard_files(config["data"]["train_split"]), *TARGETS]
-
-
-TARGETS = []
+    """Every final target of `snakemake all`, in pipeline order (the one list of them)."""
+    return [
+        manifest(),
+        *shard_files(config["data"]["train_split"]),
+        *cam_shards(),
+        f"{RESULTS}/eval/cam.json",
+        f"{RESULTS}/eval/seeds.json",
+        *[target for mode in sance_modes() for target in pseudo_label_targets(mode)],
+        *[f"{mode_dir(m)}/eval/contour.json" for m in sance_modes()],
+        *[f"{RESULTS}/{m}/eval/segmentation.json" for m in config["segmentation"]["modes"]],
+        *report_targets(),
+    ]
 
 
 def shard_files(split):

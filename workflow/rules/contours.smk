@@ -26,7 +26,4 @@ rule evaluate_contours:
     conda:
         ENV
     script:
-        "../scripts/evaluate_contours.py"
-
-
-TARGETS += [f"{mode_dir(m)}/eval/contour.json" for m in sance_modes()]
+        "../scripts/run_stage.py"

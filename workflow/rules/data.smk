@@ -25,7 +25,7 @@ rule demo_data:
     conda:
         ENV
     script:
-        "../scripts/demo_data.py"
+        "../scripts/run_stage.py"
 
 
 rule validate_dataset:
@@ -51,7 +51,7 @@ rule validate_dataset:
     conda:
         ENV
     script:
-        "../scripts/validate_dataset.py"
+        "../scripts/run_stage.py"
 
 
 rule shard_ids:
@@ -72,4 +72,4 @@ rule shard_ids:
     conda:
         ENV
     script:
-        "../scripts/shard_ids.py"
+        "../scripts/run_stage.py"

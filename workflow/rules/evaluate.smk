@@ -33,7 +33,7 @@ rule evaluate_cams:
     conda:
         ENV
     script:
-        "../scripts/evaluate_cams.py"
+        "../scripts/run_stage.py"
 
 
 rule evaluate_seeds:
@@ -58,7 +58,4 @@ rule evaluate_seeds:
     conda:
         ENV
     script:
-        "../scripts/evaluate_seeds.py"
-
-
-TARGETS += [f"{EVAL_DIR}/cam.json", f"{EVAL_DIR}/seeds.json"]
+        "../scripts/run_stage.py"

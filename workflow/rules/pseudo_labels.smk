@@ -3,7 +3,6 @@
 # PNGs of all shards and the train-split mIoU. Params are built in common.smk.
 
 PL_TRAIN = config["data"]["train_split"]
-TARGETS.extend(target for mode in sance_modes() for target in pseudo_label_targets(mode))
 
 
 rule infer_maps:
@@ -31,7 +30,7 @@ rule infer_maps:
     conda:
         ENV
     script:
-        "../scripts/infer_maps.py"
+        "../scripts/run_stage.py"
 
 
 rule make_pseudo_labels:
@@ -55,7 +54,7 @@ rule make_pseudo_labels:
     conda:
         ENV
     script:
-        "../scripts/make_pseudo_labels.py"
+        "../scripts/run_stage.py"
 
 
 rule export_pseudo_label_pngs:
@@ -78,7 +77,7 @@ rule export_pseudo_label_pngs:
     conda:
         ENV
     script:
-        "../scripts/export_pseudo_label_pngs.py"
+        "../scripts/run_stage.py"
 
 
 rule evaluate_pseudo_labels:
@@ -109,4 +108,4 @@ rule evaluate_pseudo_labels:
     conda:
         ENV
     script:
-        "../scripts/evaluate_pseudo_labels.py"
+        "../scripts/run_stage.py"

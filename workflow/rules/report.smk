@@ -1,7 +1,7 @@
 # The run's results for people: a summary per mode, the ablation table across modes (the
 # paper's Table 1 + contour ODS) and the figures of `snakemake --report report.html`.
 # Named target: `snakemake ablation`. Helpers and params in common.smk; code in
-# sance_core/summary.py and sance_core/report_figures.py.
+# sance_core/stages/summary.py and sance_core/stages/figures.py.
 
 FIGURES = f"{RESULTS}/figures"
 
@@ -26,7 +26,7 @@ rule summarize:
     conda:
         ENV
     script:
-        "../scripts/summarize.py"
+        "../scripts/run_stage.py"
 
 
 rule ablation_table:
@@ -51,7 +51,7 @@ rule ablation_table:
     conda:
         ENV
     script:
-        "../scripts/ablation_table.py"
+        "../scripts/run_stage.py"
 
 
 rule ablation:
@@ -80,7 +80,7 @@ rule figure_qualitative:
     conda:
         ENV
     script:
-        "../scripts/figure_qualitative.py"
+        "../scripts/run_stage.py"
 
 
 rule figure_iou_bars:
@@ -102,7 +102,7 @@ rule figure_iou_bars:
     conda:
         ENV
     script:
-        "../scripts/figure_iou_bars.py"
+        "../scripts/run_stage.py"
 
 
 rule figure_pr_curves:
@@ -124,7 +124,7 @@ rule figure_pr_curves:
     conda:
         ENV
     script:
-        "../scripts/figure_pr_curves.py"
+        "../scripts/run_stage.py"
 
 
 rule figure_training_curves:
@@ -146,7 +146,4 @@ rule figure_training_curves:
     conda:
         ENV
     script:
-        "../scripts/figure_training_curves.py"
-
-
-TARGETS += report_targets()
+        "../scripts/run_stage.py"

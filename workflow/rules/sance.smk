@@ -10,7 +10,8 @@ rule train_sance:
         model=f"{RESULTS}/{{mode}}/sance_model/model.pt",
         config=f"{RESULTS}/{{mode}}/sance_model/config.json",
         history=f"{RESULTS}/{{mode}}/sance_model/history.csv",
-        curve=report(f"{RESULTS}/{{mode}}/sance_model/curve.png", category="SANCE", labels={"mode": "{mode}"}),
+        curve=report(f"{RESULTS}/{{mode}}/sance_model/curve.png", caption="../report/sance_curve.rst",
+                     category="SANCE", labels={"mode": "{mode}"}),
     wildcard_constraints:
         mode=SANCE_MODE_RE,
     params:
@@ -27,4 +28,4 @@ rule train_sance:
     conda:
         ENV
     script:
-        "../scripts/train_sance.py"
+        "../scripts/run_stage.py"

@@ -26,4 +26,4 @@ rule make_seeds:
     conda:
         ENV
     script:
-        "../scripts/make_seeds.py"
+        "../scripts/run_stage.py"

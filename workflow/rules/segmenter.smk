@@ -28,7 +28,7 @@ rule train_segmenter:
     conda:
         ENV
     script:
-        "../scripts/train_segmenter.py"
+        "../scripts/run_stage.py"
 
 
 rule predict_segmenter:
@@ -54,7 +54,7 @@ rule predict_segmenter:
     conda:
         ENV
     script:
-        "../scripts/predict_segmenter.py"
+        "../scripts/run_stage.py"
 
 
 rule evaluate_segmenter:
@@ -79,7 +79,4 @@ rule evaluate_segmenter:
     conda:
         ENV
     script:
-        "../scripts/evaluate_segmenter.py"
-
-
-TARGETS += [f"{RESULTS}/{m}/eval/segmentation.json" for m in config["segmentation"]["modes"]]
+        "../scripts/run_stage.py"

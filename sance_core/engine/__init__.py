@@ -1,0 +1,1 @@
+"""Training plumbing shared by the classifier, SANCE and DeepLab."""
