@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sance_core.backbones import BACKBONES, STAGE_CHANNELS, ResNetBackbone
+from sance_core.models.backbones import BACKBONES, STAGE_CHANNELS, ResNetBackbone
 
 
 @pytest.mark.parametrize("name", ["resnet10", "resnet10_w32"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,6 +211,8 @@ def test_statistics_in_the_stated_ranges(tmp_path: Path) -> None:
     assert tr["images"] + va["images"] == 40 and tr["objects"] + va["objects"] == stats["objects"]
     text = demo.format_statistics(stats)
     assert all(name in text for name in DEMO_CLASSES[1:]) and "stride-4 cells" in text
+    written = demo.write_statistics(root, tmp_path / "stats.json")
+    assert json.loads((tmp_path / "stats.json").read_text()) == written and written["all"] == stats
 
 
 def test_objects_tsv_matches_masks(small_root: Path) -> None:
