@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sance_core.data import demo
-from sance_core.data.demo import DEMO_CLASSES, DemoDataConfig, generate_demo_dataset, render_preview
 from sance_core.constants import IGNORE_INDEX
+from sance_core.data import demo
+from sance_core.data.demo import (
+    DEMO_CLASSES,
+    DemoDataConfig,
+    generate_demo_dataset,
+    render_preview,
+)
 from sance_core.io.palette import read_label_png, voc_palette
 
 SMALL = DemoDataConfig(seed=3, n_train=6, n_val=3)
