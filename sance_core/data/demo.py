@@ -932,8 +932,7 @@ def write_statistics(root: Path, out_json: Path) -> dict:
     """Write ``demo_statistics`` of every split to ``out_json`` (atomically); return them."""
     stats = {split: demo_statistics(root, split) for split in ("train", "val")}
     stats["all"] = demo_statistics(root)
-    out_json = Path(out_json)
-    tmp = out_json.with_name(f".{out_json.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stats, indent=1))
-    os.replace(tmp, out_json)
+    from sance_core.io.files import write_text_atomic
+
+    write_text_atomic(Path(out_json), json.dumps(stats, indent=1))
     return stats
