@@ -138,7 +138,7 @@ def test_cams_on_two_devices_equal_one_device(toy, tmp_path, monkeypatch):
     spec, root, _ = toy
     shard = tmp_path / "1-of-1.txt"
     shard.write_text("".join(f"{i}\n" for i in IMAGES))
-    cfg = CAMConfig(dataset=spec, scales=(1.0, 0.5), batch_size=1, device="cpu")
+    cfg = CAMConfig(dataset=spec, backbone="resnet18", scales=(1.0, 0.5), batch_size=1, device="cpu")
     inputs = {"shard": str(shard), "model": str(root / "classifier/model.pt"), "manifest": str(root / "manifest.json")}
     run_stage(cfg, inputs, {"cam": str(tmp_path / "one.h5")})
     monkeypatch.setattr(cam_module, "visible_devices", lambda name: [torch.device("cpu")] * 2)

@@ -312,7 +312,7 @@ def test_tiny_run_of_the_three_modes_and_param_isolation(workdir, tiny_config, t
     assert not list((workdir / "results/tiny/.resume").rglob("checkpoint.pt"))  # cleared after success
     override = tmp_path / "refine.yaml"
     override.write_text(yaml.safe_dump({"sance": {"online": {"crf": {"iterations": 3}}}}))
-    proc = run_snakemake(workdir, "-n", *targets, "--configfile", str(tiny_config), str(override))
+    proc = run_snakemake(workdir, "-n", *targets, "--configfile", str(tiny_config), "--configfile", str(override))
     jobs = _jobs(proc.stdout)
     assert jobs.get("train_sance") == 1 and jobs.get("infer_maps") == 2
     assert "results/tiny/sance/sance_model/model.pt" in proc.stdout

@@ -88,8 +88,9 @@ def list_rules() -> list[str]:
 
 def local_rules() -> set[str]:
     """The rules the Snakefile's `localrules:` directive keeps out of the scheduler."""
-    found = re.findall(r"^localrules:(.*)$", (REPO / "Snakefile").read_text(), flags=re.M)
-    return {name.strip() for line in found for name in line.split(",") if name.strip()}
+    # one line (localrules: a, b) or, as snakefmt writes it, one indented name per line up to a blank line
+    found = re.findall(r"^localrules:(.*(?:\n[ \t]+\S.*)*)", (REPO / "Snakefile").read_text(), flags=re.M)
+    return {name.strip() for block in found for name in block.replace("\n", ",").split(",") if name.strip()}
 
 
 def test_small_rules_are_local_rules():

@@ -323,7 +323,7 @@ def sance_train_params(mode):
         "seed": config["seed"],
         "resume_dir": f"{RESULTS}/.resume/{mode}/sance_model",
     }
-    if s["epoch_eval"]["images"] > 0:  # Fig. 5: pseudo labels as stage 6 makes them, one scale
+    if epoch_eval_images() > 0:  # Fig. 5: pseudo labels as stage 6 makes them, one scale
         p = config["pseudo_labels"]
         params["epoch_eval"] = {
             "images": s["epoch_eval"]["images"],
@@ -355,7 +355,7 @@ def sance_train_inputs(wildcards):
     }
     if config["sance"]["init_from_classifier"]:
         inputs["classifier"] = f"{SHARED}/classifier/model.pt"
-    if config["sance"]["epoch_eval"]["images"] > 0 and pseudo_label_map(wildcards.mode) == "cam":
+    if epoch_eval_images() > 0 and pseudo_label_map(wildcards.mode) == "cam":
         inputs["cam"] = cam_shards()
     return inputs
 
@@ -423,6 +423,20 @@ if not config["data"]["mask_dir"] and "fully_supervised" in config["segmentation
     logger.warning(
         "segmentation.modes: 'fully_supervised' is left out: it trains on ground-truth masks and "
         "data.mask_dir is null (remove it from segmentation.modes to silence this note)"
+    )
+
+
+def epoch_eval_images():
+    """Images scored after each SANCE epoch (paper Fig. 5); 0 without masks (nothing to score them on)."""
+    return config["sance"]["epoch_eval"]["images"] if config["data"]["mask_dir"] else 0
+
+
+if not config["data"]["mask_dir"] and config["sance"]["epoch_eval"]["images"] > 0:
+    from snakemake.logging import logger
+
+    logger.warning(
+        "sance.epoch_eval: the per-epoch pseudo-label mIoU (Fig. 5) is left out: it is scored on the "
+        "masks and data.mask_dir is null (set sance.epoch_eval.images: 0 to silence this note)"
     )
 
 
@@ -545,5 +559,5 @@ def report_targets():
         f"{figures}/per_class_iou.png",
         f"{figures}/contour_pr.png",
         f"{figures}/training_curves.png",
-        *([f"{figures}/epoch_miou.png"] if config["sance"]["epoch_eval"]["images"] > 0 else []),
+        *([f"{figures}/epoch_miou.png"] if epoch_eval_images() > 0 else []),
     ]
