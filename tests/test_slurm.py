@@ -201,25 +201,53 @@ def _relative(value, roots: tuple[str, ...]):
     return value
 
 
-def compare_json(a, b, where: str, roots: tuple[str, ...]) -> list[str]:
+# Contour scores come from pyEdgeEval's pixel matcher, whose C++ tie-breaking generator is
+# unseeded: two runs on identical contour maps can match a few pixels differently. Files holding
+# such scores (and the summaries and tables that repeat them) are compared within this tolerance;
+# their figures and markdown tables are not compared pixel by pixel. The maps themselves (HDF5)
+# are still compared exactly.
+MATCHER_TOLERANCE = 0.02
+
+
+def _matcher_scored(rel: Path) -> bool:
+    return "contour" in rel.name or rel.name.startswith(("summary", "ablation"))
+
+
+def _close(a, b, tol: float) -> bool:
+    numbers = (int, float)
+    if tol and isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= tol
+    return False
+
+
+def compare_json(a, b, where: str, roots: tuple[str, ...], tol: float = 0.0) -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return [f"{where}: keys differ {sorted(set(a) ^ set(b))}"]
         out = []
         for k in a:
             if not TIMING.search(str(k)):
-                out += compare_json(a[k], b[k], f"{where}.{k}", roots)
+                out += compare_json(a[k], b[k], f"{where}.{k}", roots, tol)
         return out
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{where}: lengths {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in compare_json(x, y, f"{where}[{i}]", roots)]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in compare_json(x, y, f"{where}[{i}]", roots, tol)]
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return []
+    if _close(a, b, tol):
         return []
     return [] if _relative(a, roots) == _relative(b, roots) else [f"{where}: {a!r} != {b!r}"]
 
 
-def compare_table(a: Path, b: Path, roots: tuple[str, ...]) -> list[str]:
+def _cell(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def compare_table(a: Path, b: Path, roots: tuple[str, ...], tol: float = 0.0) -> list[str]:
     sep = "\t" if a.suffix == ".tsv" else ","
     rows_a = [line.split(sep) for line in a.read_text().splitlines()]
     rows_b = [line.split(sep) for line in b.read_text().splitlines()]
@@ -227,7 +255,10 @@ def compare_table(a: Path, b: Path, roots: tuple[str, ...]) -> list[str]:
         return [f"{a.name}: header or row count differs"]
     keep = [i for i, name in enumerate(rows_a[0]) if not TIMING.search(name)]
     for n, (ra, rb) in enumerate(zip(rows_a[1:], rows_b[1:]), start=2):
-        if [_relative(ra[i], roots) for i in keep if i < len(ra)] != [_relative(rb[i], roots) for i in keep if i < len(rb)]:
+        cells_a = [_relative(ra[i], roots) for i in keep if i < len(ra)]
+        cells_b = [_relative(rb[i], roots) for i in keep if i < len(rb)]
+        if len(cells_a) != len(cells_b) or any(
+                x != y and not _close(_cell(x), _cell(y), tol) for x, y in zip(cells_a, cells_b)):
             return [f"{a.name}: line {n} differs: {ra} != {rb}"]
     return []
 
@@ -306,6 +337,9 @@ def compare_trees(a: Path, b: Path, folders: tuple[str, ...] = ("results", "reso
     for rel in files_a:
         fa, fb = a / rel, b / rel
         suffix = fa.suffix.lower()
+        tol = MATCHER_TOLERANCE if _matcher_scored(rel) else 0.0
+        if tol and suffix in (".png", ".md"):
+            continue  # drawn or typeset from the scores compared below within the tolerance
         if suffix in (".h5", ".hdf5"):
             diffs += compare_h5(fa, fb)
         elif suffix in (".png", ".jpg", ".jpeg"):
@@ -313,9 +347,9 @@ def compare_trees(a: Path, b: Path, folders: tuple[str, ...] = ("results", "reso
         elif suffix == ".pt":
             diffs += compare_torch(fa, fb)
         elif suffix == ".json":
-            diffs += compare_json(json.loads(fa.read_text()), json.loads(fb.read_text()), str(rel), roots)
+            diffs += compare_json(json.loads(fa.read_text()), json.loads(fb.read_text()), str(rel), roots, tol)
         elif suffix in (".csv", ".tsv"):
-            diffs += compare_table(fa, fb, roots)
+            diffs += compare_table(fa, fb, roots, tol)
         elif suffix == ".html":
             continue  # rendered reports embed dates
         elif _relative(fa.read_bytes().decode(errors="replace"), roots) != _relative(
