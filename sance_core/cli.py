@@ -172,7 +172,7 @@ def _verify(p: argparse.ArgumentParser):
     p.add_argument("folder", help="a run's results folder, e.g. results/demo (or one file)")
 
     def run(args: argparse.Namespace) -> int:
-        from sance_core.verify import verify_run
+        from sance_core.io.verify import verify_run
 
         problems, n_files = verify_run(args.folder)
         for problem in problems:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sance_core.contour_profile import contour_profile, mask_on_grid, zones
+from sance_core.eval.contour_profile import contour_profile, mask_on_grid, zones
 
 
 def square_mask(n=12):

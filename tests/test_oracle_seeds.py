@@ -10,7 +10,7 @@ import pytest
 from sance_core.data.dataset import Manifest
 from sance_core.io.palette import save_label_png
 from sance_core.io.store import ArtifactReader
-from sance_core.oracle_seeds import (
+from sance_core.ops.oracle_seeds import (
     OracleConfig,
     distractor_disk,
     image_rng,

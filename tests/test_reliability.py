@@ -288,7 +288,8 @@ def _schema_error(section: str, instance: dict) -> str:
     ("cam", {"scales": []}, ["config key cam.scales: [] should be non-empty"]),
     ("pseudo_labels", {"scales": [1.0, 0]}, ["config key pseudo_labels.scales[1]"]),
     ("sance", {"backbone": "resnet19"},
-     ["config key sance.backbone: 'resnet19' is not allowed; allowed values: 'resnet10_w32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101'"]),
+     ["config key sance.backbone: 'resnet19' is not allowed; allowed values: "
+      "'resnet10_w32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101'"]),
     # mode names are free (Table 1 rows); their base modes are checked by config_checks.relation_errors
     ("config", {"modes": ["sance", "no way"]}, ["config key modes[1]: 'no way' does not match"]),
     ("segmentation", {"modes": ["g t"]}, ["config key segmentation.modes[0]: 'g t' does not match"]),

@@ -258,7 +258,7 @@ def test_end_of_epoch_hook_runs_once_per_epoch_and_leaves_training_unchanged(tmp
 
 def test_epoch_evaluator_scores_the_stage_6_pseudo_labels(tmp_path):
     from sance_core.data.dataset import DatasetSpec
-    from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
+    from sance_core.eval.epoch_eval import EpochEvalConfig, EpochEvaluator
     from sance_core.eval.metrics import ConfusionMatrix
     from sance_core.io.palette import save_label_png
     from sance_core.stages.pseudo_labels import predict_maps, synthesize_label

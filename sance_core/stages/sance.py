@@ -57,7 +57,7 @@ from sance_core.engine import (
 )
 from sance_core.engine.loop import EpochEndFn
 from sance_core.engine.settings import check_training_config
-from sance_core.epoch_eval import EpochEvalConfig, EpochEvaluator
+from sance_core.eval.epoch_eval import EpochEvalConfig, EpochEvaluator
 from sance_core.io.files import as_paths
 from sance_core.io.images import DataError, read_image
 from sance_core.io.palette import read_label_png

@@ -8,7 +8,7 @@ IRNet's ``cam_to_ir_label`` semantics, which the paper follows:
 3. combine: the ``fg`` class where it is a foreground class; 0 where both say background;
    255 (unsure) where ``fg`` says background but ``bg`` says foreground.
 
-``source: oracle`` builds the seeds from the ground-truth masks instead (``sance_core.oracle_seeds``,
+``source: oracle`` builds the seeds from the ground-truth masks instead (``sance_core.ops.oracle_seeds``,
 a diagnostic of stages 5-6); the artifact is the same, so every later stage reads it unchanged.
 
 The argmax over ``[threshold, cam_1, ..., cam_K]`` picks the first maximum, so a pixel is
@@ -33,7 +33,7 @@ from sance_core.data.shards import read_shard
 from sance_core.io.images import DataError, read_image
 from sance_core.io.store import ArtifactReader, ArtifactWriter
 from sance_core.ops.crf import CRFConfig, crf_refine_labels
-from sance_core.oracle_seeds import OracleConfig, image_rng, oracle_seed
+from sance_core.ops.oracle_seeds import OracleConfig, image_rng, oracle_seed
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def make_seed(image: np.ndarray | None, cams: np.ndarray, class_keys: Sequence[i
 
 def run_oracle_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
     """Inputs ``shard`` (id list) and ``manifest``; output ``seeds`` as :func:`run_stage` writes it,
-    built from the GT masks by :func:`sance_core.oracle_seeds.oracle_seed`. Returns the image count."""
+    built from the GT masks by :func:`sance_core.ops.oracle_seeds.oracle_seed`. Returns the image count."""
     manifest = Manifest.load(inputs["manifest"])
     labels = manifest.labels(cfg.split)
     ids = read_shard(inputs["shard"])

@@ -23,7 +23,7 @@ SHARED_BENCH = f"benchmarks/{DATASET}"
 
 
 def seed_run_dir():
-    """'' for CAM seeds; 'oracle_<corruption>' for oracle seeds (sance_core.oracle_seeds.OracleConfig.tag)."""
+    """'' for CAM seeds; 'oracle_<corruption>' for oracle seeds (sance_core.ops.oracle_seeds.OracleConfig.tag)."""
     if config["seeds"].get("source", "cam") != "oracle":
         return ""
     o = {"core": 1.0, "leak": 0, "false_rate": 0.0, "unknown": 4, **config["seeds"].get("oracle", {})}

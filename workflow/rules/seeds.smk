@@ -1,7 +1,7 @@
 # Stage 4: CAM seeds. Eq. (1) with fg/bg thresholds 0.30/0.05, each level refined by a dense
 # CRF (IRNet's cam_to_ir_label); one job and one HDF5 file per CAM shard.
 # seeds.source 'oracle': the seeds come from the ground-truth masks instead
-# (sance_core.oracle_seeds), written under the oracle run's own RESULTS folder.
+# (sance_core.ops.oracle_seeds), written under the oracle run's own RESULTS folder.
 
 
 rule make_seeds:
