@@ -19,7 +19,7 @@ foreground only when its best CAM is strictly above the threshold; it is compute
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,20 @@ def make_seed(image: np.ndarray | None, cams: np.ndarray, class_keys: Sequence[i
     return combine_confidence(*levels)
 
 
+def _write_seeds(cfg: SeedConfig, path: str, attrs: Mapping[str, Any],
+                 seeds: Iterable[tuple[str, np.ndarray, list[int]]], what: str) -> None:
+    """Write ``(image_id, seed [H, W] uint8, class keys)`` items into one seeds artifact and log
+    the share of unsure (255) pixels; CAM seeds and oracle seeds are stored the same way."""
+    unsure = total = 0
+    with ArtifactWriter(path, stage="seeds", config=cfg, compression=cfg.compression, attrs=attrs) as writer:
+        for image_id, seed, keys in seeds:
+            unsure += int((seed == UNSURE).sum())
+            total += seed.size
+            writer.add(image_id, {"seed": seed}, {"class_keys": np.asarray(keys, dtype=np.int64),
+                                                 "size": np.asarray(seed.shape, dtype=np.int64)})
+    log.info("%s: %.1f%% of the pixels unsure", what, 100.0 * unsure / max(total, 1))
+
+
 def run_oracle_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
     """Inputs ``shard`` (id list) and ``manifest``; output ``seeds`` as :func:`run_stage` writes it,
     built from the GT masks by :func:`sance_core.ops.oracle_seeds.oracle_seed`. Returns the image count."""
@@ -123,20 +137,16 @@ def run_oracle_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mappin
         raise DataError(f"{inputs['shard']}: {len(missing)} id(s) not in split {cfg.split!r} of "
                         f"{inputs['manifest']}: {missing[:5]}")
     log.info("oracle seeds of %d images (%s)", len(ids), cfg.oracle.tag())
-    unsure = total = 0
-    with ArtifactWriter(outputs["seeds"], stage="seeds", config=cfg, compression=cfg.compression,
-                        attrs={"source": "oracle", "oracle": to_dict(cfg.oracle)}) as writer:
+
+    def seeds() -> Iterator[tuple[str, np.ndarray, list[int]]]:
         for image_id in tqdm(ids, desc="oracle seeds", unit="img", mininterval=5):
             _, mask = load_sample(cfg.dataset, image_id)
             if mask is None:
                 raise DataError(f"{cfg.dataset.mask_path(image_id)}: oracle seeds need the ground-truth mask")
             keys = [int(k) for k in labels[image_id]]
-            seed = oracle_seed(mask, keys, cfg.oracle, image_rng(cfg.seed, image_id))
-            unsure += int((seed == UNSURE).sum())
-            total += seed.size
-            writer.add(image_id, {"seed": seed}, {"class_keys": np.asarray(keys, dtype=np.int64),
-                                                 "size": np.asarray(seed.shape, dtype=np.int64)})
-    log.info("oracle seeds: %.1f%% of the pixels unsure", 100.0 * unsure / max(total, 1))
+            yield image_id, oracle_seed(mask, keys, cfg.oracle, image_rng(cfg.seed, image_id)), keys
+
+    _write_seeds(cfg, outputs["seeds"], {"source": "oracle", "oracle": to_dict(cfg.oracle)}, seeds(), "oracle seeds")
     return len(ids)
 
 
@@ -152,10 +162,8 @@ def run_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mapping[str, 
     crf = cfg.crf if cfg.crf.enabled else None
     log.info("seeds of %d images (fg %.2f, bg %.2f, CRF %s)", len(ids), cfg.fg_threshold, cfg.bg_threshold,
              "on" if crf else "off")
-    unsure = total = 0
-    with ArtifactWriter(outputs["seeds"], stage="seeds", config=cfg, compression=cfg.compression,
-                        attrs={"fg_threshold": cfg.fg_threshold, "bg_threshold": cfg.bg_threshold,
-                               "crf": to_dict(cfg.crf)}) as writer:
+
+    def seeds() -> Iterator[tuple[str, np.ndarray, list[int]]]:
         for image_id in tqdm(ids, desc="seeds", unit="img", mininterval=5):
             attrs = reader.image_attrs(image_id)
             cams = reader.read(image_id, "cam")
@@ -167,10 +175,8 @@ def run_stage(cfg: SeedConfig, inputs: Mapping[str, Any], outputs: Mapping[str, 
                 if image.shape[:2] != cams.shape[1:]:
                     raise DataError(f"{path}: image size {image.shape[:2]} differs from its CAM "
                                     f"{tuple(cams.shape[1:])} in {inputs['cam']}")
-            seed = make_seed(image, cams, keys, cfg.fg_threshold, cfg.bg_threshold, crf)
-            unsure += int((seed == UNSURE).sum())
-            total += seed.size
-            writer.add(image_id, {"seed": seed}, {"class_keys": np.asarray(keys, dtype=np.int64),
-                                                 "size": np.asarray(seed.shape, dtype=np.int64)})
-    log.info("seeds: %.1f%% of the pixels unsure", 100.0 * unsure / max(total, 1))
+            yield image_id, make_seed(image, cams, keys, cfg.fg_threshold, cfg.bg_threshold, crf), keys
+
+    attrs = {"fg_threshold": cfg.fg_threshold, "bg_threshold": cfg.bg_threshold, "crf": to_dict(cfg.crf)}
+    _write_seeds(cfg, outputs["seeds"], attrs, seeds(), "seeds")
     return len(ids)
