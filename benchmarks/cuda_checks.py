@@ -4,6 +4,9 @@ Usage (repository root, on a machine with a GPU; about 5-10 minutes)::
 
     .venv/bin/python benchmarks/cuda_checks.py              # runs tests/test_cuda.py, updates the docs
     .venv/bin/python benchmarks/cuda_checks.py --no-write   # only prints the table
+    # the docs block from JUnit reports saved on a GPU machine (pytest -m cuda --junitxml=...):
+    .venv/bin/python benchmarks/cuda_checks.py --junit cuda1.xml cuda2.xml --device-name "NVIDIA H200; torch ..." \
+        --command "python3 -m pytest -m cuda ..."
 
 It runs ``pytest -m cuda tests/test_cuda.py`` (float32 propagation on CUDA against float64
 on the CPU, mixed-precision training steps and their resume, the tiny ``all`` with
@@ -47,6 +50,18 @@ def read_junit(path: Path) -> list[dict[str, str | float]]:
     return rows
 
 
+def junit_summary(paths: list[Path]) -> tuple[float, str]:
+    """Seconds of all test suites in the reports and the UTC time of the first one's start."""
+    wall, starts = 0.0, []
+    for path in paths:
+        for suite in ET.parse(path).getroot().iter("testsuite"):
+            wall += float(suite.get("time", 0.0))
+            if suite.get("timestamp"):
+                starts.append(_dt.datetime.fromisoformat(suite.get("timestamp")))
+    when = min(starts).astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if starts else "time unknown"
+    return wall, when
+
+
 def device_line() -> str:
     import torch
 
@@ -84,7 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-skipped", action="store_true", help="record the table even when every test skipped")
     ap.add_argument("--doc", type=Path, default=DOC, help="the Markdown file to update")
     ap.add_argument("--timeout", type=int, default=560, help="seconds for the whole pytest run")
+    ap.add_argument("--junit", type=Path, nargs="+", help="build the block from these saved JUnit reports "
+                    "(run elsewhere, e.g. on a GPU machine) instead of running pytest here")
+    ap.add_argument("--device-name", help="the GPU / torch / CUDA line of the machine that made the reports "
+                    "(with --junit; default: this machine's)")
+    ap.add_argument("--command", help="the command that made the reports (with --junit)")
     args, pytest_args = ap.parse_known_args(argv)  # the rest goes to pytest (e.g. -k propagation)
+    if args.junit:
+        missing = [str(p) for p in args.junit if not p.is_file()]
+        if missing:
+            ap.error(f"--junit: no such report: {', '.join(missing)}")
+        if pytest_args:
+            ap.error(f"--junit reads saved reports; pytest arguments are not used: {' '.join(pytest_args)}")
+        rows = [row for path in args.junit for row in read_junit(path)]
+        wall, when = junit_summary(args.junit)
+        command = args.command or "pytest -m cuda tests/test_cuda.py --junitxml=..."
+        failed = any(r["outcome"] in ("failed", "error") for r in rows)
+        return _record(args, rows, args.device_name or device_line(), command, wall, when, int(failed))
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA test was collected", file=sys.stderr)
         return status
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = section(rows, device_line(), "benchmarks/cuda_checks.py", wall, when)
+    return _record(args, rows, device_line(), "benchmarks/cuda_checks.py", wall, when, status)
+
+
+def _record(args: argparse.Namespace, rows: list[dict], device: str, command: str, wall: float, when: str,
+            status: int) -> int:
+    """Print the block and write it into ``args.doc`` unless nothing was measured or ``--no-write``."""
+    text = section(rows, device, command, wall, when)
     print(text)
     all_skipped = bool(rows) and all(r["outcome"] == "skipped" for r in rows)
     if args.no_write or not rows or (all_skipped and not args.write_skipped):

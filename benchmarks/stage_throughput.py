@@ -64,9 +64,12 @@ def _cams(seed: int) -> np.ndarray:
     return np.stack(maps).astype(np.float32)
 
 
-def _stage_fn(stage: str, device: str = "cpu"):
-    """Per-image function of ``stage`` (built once: model, inputs)."""
+def _stage_fn(stage: str, device: str = "cpu", preset: bool = False):
+    """Per-image function of ``stage`` (built once: model, inputs); the networks at scale 1.0, or at
+    the preset's test-time scales (``PRESET_SCALES``) when ``preset``."""
     import torch
+
+    scales = PRESET_SCALES.get(stage, (1.0,)) if preset else (1.0,)
 
     torch.manual_seed(0)
     if stage == "cam":
@@ -76,7 +79,7 @@ def _stage_fn(stage: str, device: str = "cpu"):
         model = CAMClassifier(N_CLASSES - 1, "resnet101", None, 16).to(device).eval()
 
         def run(i):
-            per = multiscale_cams(model, [_image(i)], (1.0,), True)[0]
+            per = multiscale_cams(model, [_image(i)], scales, True)[0]
             return combine_scales(per, (H, W), PRESENT, 16)
     elif stage == "seeds":
         from sance_core.stages.seeds import make_seed
@@ -90,7 +93,7 @@ def _stage_fn(stage: str, device: str = "cpu"):
         model = build_sance_model(N_CLASSES, "resnet101", 8, aspp_rates=(6, 12, 18, 24)).to(device).eval()
 
         def run(i):
-            contour, seg = predict_maps(model, _image(i), (1.0,), True, device)
+            contour, seg = predict_maps(model, _image(i), scales, True, device)
             return present_planes(seg, PRESENT)
     elif stage == "pseudo_labels":
         from sance_core.stages.pseudo_labels import synthesize_label
@@ -116,17 +119,17 @@ def _stage_fn(stage: str, device: str = "cpu"):
             model = DeepLabV2(N_CLASSES, "resnet101", None, 8, (6, 12, 18, 24)).to(device).eval()
 
             def run(i):
-                return predict_label(model, _image(i), (1.0,), True, None, device)
+                return predict_label(model, _image(i), scales, True, None, device)
     else:
         raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
     return run
 
 
-def _worker(stage: str, images: int, threads: int, device: str = "cpu") -> dict:
+def _worker(stage: str, images: int, threads: int, device: str = "cpu", preset: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    run = _stage_fn(stage, device)
+    run = _stage_fn(stage, device, preset)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
         run(100)  # warm-up
@@ -140,7 +143,7 @@ def _worker(stage: str, images: int, threads: int, device: str = "cpu") -> dict:
     return {"stage": stage, "s_per_image": min(times), "cpu_s_per_image": min(cpu), "times": times,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": threads, "device": device,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
-            "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0], "scales": list(PRESET_SCALES.get(stage, (1.0,)) if preset else (1.0,))}
 
 
 def projected(row: dict) -> float | None:
@@ -149,7 +152,7 @@ def projected(row: dict) -> float | None:
     CPU time, not wall time: on the shared machine the wall time mostly measures the other jobs.
     """
     scales = PRESET_SCALES.get(row["stage"])
-    return None if scales is None else row["cpu_s_per_image"] * sum(s * s for s in scales)
+    return None if scales is None or row.get("scales", [1.0]) != [1.0] else row["cpu_s_per_image"] * sum(s * s for s in scales)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--device", default="cpu", help="device of the networks (cpu, cuda, cuda:N); CRFs and "
                     "propagation stay on the CPU as in the pipeline")
+    ap.add_argument("--preset-scales", action="store_true", help="run the networks at the preset's test-time "
+                    "scales (with flip) instead of scale 1.0: measured, not projected (meant for a GPU)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.images, args.threads, args.device)))
+        print(json.dumps(_worker(args.worker, args.images, args.threads, args.device, args.preset_scales)))
         return 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=str(args.threads))
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for stage in args.stages:
         load0 = os.getloadavg()[0]
         proc = subprocess.run([sys.executable, __file__, "--worker", stage, "--images", str(args.images),
-                               "--threads", str(args.threads), "--device", args.device], capture_output=True, text=True, env=env)
+                               "--threads", str(args.threads), "--device", args.device,
+                               *(["--preset-scales"] if args.preset_scales else [])], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -179,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {json.dumps(row)}", file=sys.stderr, flush=True)
     print(f"# {H}x{W}, {N_CLASSES} classes, {len(PRESENT)} present, torch threads {args.threads}, device {args.device}, "
           f"{os.cpu_count()} CPUs, {args.images} timed image(s) per stage")
-    print("| stage | measured wall s / image (1 scale) | measured CPU s / image | images / s (CPU time) "
-          "| peak RSS MB | projected CPU s / image, preset TTA | load avg (start / end) |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    scale_note = "preset scales" if args.preset_scales else "1 scale"
+    print(f"| stage | measured wall s / image ({scale_note}) | measured CPU s / image | images / s (CPU time) "
+          "| peak RSS MB | peak GPU MB | projected CPU s / image, preset TTA | load avg (start / end) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        p = projected(r)
+        p, gpu = projected(r), r.get("peak_gpu_mb")
         print(f"| {r['stage']} | {r['s_per_image']:.2f} | {r['cpu_s_per_image']:.2f} | {1 / r['cpu_s_per_image']:.3f} | "
-              f"{r['peak_rss_mb']:.0f} | {'' if p is None else f'{p:.1f}'} | {r['load_start']:.1f} / {r['load']:.1f} |")
+              f"{r['peak_rss_mb']:.0f} | {'' if gpu is None else f'{gpu:.0f}'} | {'' if p is None else f'{p:.1f}'} | "
+              f"{r['load_start']:.1f} / {r['load']:.1f} |")
     return 0
 
 
