@@ -24,6 +24,8 @@ networks' GPU memory (printed in the per-stage JSON lines). The networks are mea
 minutes per image on a shared CPU); the preset's multi-scale cost is projected from it by the
 pixel count of the scales (sum of scale^2): 7.5x for CAMs and maps (1.0, 0.5, 1.5, 2.0),
 5.63x for DeepLab (0.5 ... 1.5). Those columns are marked projected in the output.
+``--preset-scales`` runs the networks at the preset's scales instead (measured, no projection;
+meant for a GPU, where the cost does not follow the pixel count).
 """
 
 from __future__ import annotations
