@@ -167,6 +167,44 @@ def _check_config(p: argparse.ArgumentParser):
     return run
 
 
+@command("workflow", "run Snakemake on this workflow after checking the YAML of every --configfile "
+                     "(sance workflow --cores 2 --configfile my.yaml)")
+def _workflow(p: argparse.ArgumentParser):
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="SNAKEMAKE_ARGS",
+                   help="Snakemake's arguments, passed on unchanged")
+
+    def run(args: argparse.Namespace) -> int:
+        return run_workflow(args.snakemake_args)
+    return run
+
+
+def run_workflow(snakemake_args: list[str]) -> int:
+    """Check each ``--configfile`` of a Snakemake command line, then replace this process by Snakemake.
+
+    Snakemake reads ``--configfile`` files before the workflow starts and says only "Config file
+    is not valid JSON or YAML"; here a syntax error is named by file, line and column and nothing
+    runs (exit 2). The arguments reach Snakemake unchanged.
+    """
+    import os
+    import shutil
+
+    from sance_core.config_checks import configfile_args, yaml_syntax_error
+
+    errors = [e for e in map(yaml_syntax_error, configfile_args(snakemake_args)) if e is not None]
+    for error in errors:
+        log.error("%s", error)
+    if errors:
+        return 2
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    exe = shutil.which("snakemake", path=search)
+    if exe is None:
+        log.error("snakemake not found next to %s or on PATH (install the workflow's environment: make venv)",
+                  sys.executable)
+        return 2
+    os.execv(exe, [exe, *snakemake_args])
+    return 0  # pragma: no cover (execv does not return)
+
+
 @command("verify", "check every artifact of a run (HDF5 checksums, models, JSON) and say what to rebuild")
 def _verify(p: argparse.ArgumentParser):
     p.add_argument("folder", help="a run's results folder, e.g. results/demo (or one file)")
@@ -288,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     from sance_core.runtime import setup_logging
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["workflow"] and argv[1:2] not in (["-h"], ["--help"]):  # Snakemake's options are not ours
+        setup_logging(None, logging.INFO)
+        return run_workflow(argv[1:])
     args = parser.parse_args(argv)
     setup_logging(args.log, logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -14,6 +14,7 @@ Pure Python (no torch): it runs on every ``snakemake`` call, dry runs included.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -152,3 +153,29 @@ def yaml_syntax_error(path: str) -> str | None:
         context = getattr(err, "context", None)
         return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
     return None
+
+
+CONFIGFILE_FLAGS = ("--configfile", "--configfiles")
+
+
+def configfile_args(argv: Sequence[str]) -> list[str]:
+    """The files a Snakemake command line gives with ``--configfile`` / ``--configfiles``.
+
+    Both flags take one or more values (``--configfile a.yaml b.yaml`` or ``--configfile=a.yaml``);
+    the values end at the next option. A value that is no existing file (a target such as ``all``
+    written after the flag) is left out: Snakemake names a missing config file itself.
+    """
+    files: list[str] = []
+    taking = False
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if flag in CONFIGFILE_FLAGS:
+            taking = not eq
+            if eq:
+                files.append(value)
+            continue
+        if arg.startswith("-"):
+            taking = False
+        elif taking:
+            files.append(arg)
+    return [f for f in files if Path(f).is_file()]

@@ -1542,3 +1542,29 @@ def test_tags_only_data_runs_all_end_to_end(workdir, tiny_config, tmp_path):
         assert (results / mode / "segmenter/model.pt").is_file() and (results / mode / "summary.json").is_file()
     manifest = Manifest.load(results / "manifest.json")
     assert not any(e["has_mask"] for e in manifest.entries("train"))
+
+
+def test_sance_workflow_names_a_yaml_error_in_a_configfile_and_runs_nothing(tmp_path, monkeypatch, capfd):
+    """`sance workflow ... --configfile bad.yaml`: file, line and column, exit 2, Snakemake never started;
+    sound files reach Snakemake with the command line unchanged."""
+    import os
+
+    from sance_core.cli import main
+    from sance_core.config_checks import configfile_args
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("seed: 1\n")
+    bad.write_text("demo:\n  n_train: 16\n   n_val: 4\n")
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: started.append(argv))
+    assert main(["workflow", "--cores", "1", "--configfile", str(good), str(bad), "-n"]) == 2
+    err = capfd.readouterr().err
+    assert f"{bad}:3:9: not valid YAML: mapping values are not allowed here" in err
+    assert str(good) + ":" not in err and started == []
+    assert main(["workflow", "--cores", "1", f"--configfile={good}", "-n", "all"]) == 0
+    assert started and started[0][1:] == ["--cores", "1", f"--configfile={good}", "-n", "all"]
+    assert Path(started[0][0]).name == "snakemake"
+    # what counts as a config file: values after either flag up to the next option, existing files only
+    assert configfile_args(["--configfiles", str(good), "all", "--cores", "2", str(bad)]) == [str(good)]
+    assert configfile_args(["--configfile", str(good), str(bad), "--configfile=" + str(good)]) == [
+        str(good), str(bad), str(good)]
