@@ -30,3 +30,43 @@ def test_small_resnet_sizes() -> None:
     assert n10w < n10 / 3.5 and n10 < n18 * 0.5
     conv = ResNetBackbone("resnet10_w32").layer4[0].conv1.weight
     assert conv.std() > 0  # initialised (kaiming), not left at zero
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("resnet18", {}), ("resnet18", {"zero_init_residual": True}), ("resnet34", {}),
+    ("resnet50", {"replace_stride_with_dilation": [False, True, True]}), ("resnet101", {}),
+])
+def test_the_resnet_copy_is_torchvisions(name: str, kwargs: dict) -> None:
+    """sance_core.models.resnet is torchvision's ResNet without torchvision's import: the same
+    modules and state-dict keys, the same initial weights under one seed, the same outputs."""
+    import torchvision
+
+    from sance_core.models import resnet
+
+    torch.manual_seed(5)
+    ours = getattr(resnet, name)(**kwargs)
+    torch.manual_seed(5)
+    theirs = getattr(torchvision.models, name)(weights=None, **kwargs)
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    if name == "resnet18":
+        x = torch.randn(2, 3, 48, 64)
+        with torch.no_grad():
+            assert torch.equal(ours.eval()(x), theirs.eval()(x))
+
+
+def test_building_a_backbone_does_not_import_torchvision() -> None:
+    """torchvision's package import pulls in torch._dynamo (about 3 CPU s per job); the backbones
+    use the copy in sance_core.models.resnet. Checked in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from sance_core.models.backbones import ResNetBackbone\n"
+            "from sance_core.models.classifier import CAMClassifier\n"
+            "ResNetBackbone('resnet18', None, 16); ResNetBackbone('resnet50', None, 8); ResNetBackbone('resnet10_w32', None, 8)\n"
+            "print('torchvision' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"

@@ -52,3 +52,31 @@ def test_shared_constants_are_defined_once():
     defining = [p.relative_to(REPO).as_posix() for p in (REPO / "sance_core").rglob("*.py")
                 if pattern.search(p.read_text())]
     assert defining == ["sance_core/constants.py"]
+
+
+# stages whose jobs read and write arrays, images and tables only: their modules must not import
+# torch (about 3 CPU s per job; a demo run has about 25 such jobs)
+TORCH_FREE_STAGES = (
+    "demo_data", "validate_dataset", "shard_ids", "make_seeds", "evaluate_cams", "evaluate_seeds",
+    "export_pseudo_label_pngs", "evaluate_pseudo_labels", "evaluate_segmenter", "evaluate_contours",
+    "summarize", "ablation_table", "figure_qualitative", "figure_iou_bars", "figure_pr_curves",
+    "figure_epoch_miou", "figure_training_curves",
+)
+
+
+def test_torch_free_stages_do_not_import_torch():
+    """What a job of each of these stages imports before it runs (the adapter and the stage's
+    module), checked in a fresh process: no torch, no torchvision."""
+    import subprocess
+    import sys
+
+    assert set(TORCH_FREE_STAGES) <= set(STAGES)
+    code = ("import sys\n"
+            "import sance_core.stages.adapter\n"
+            "from sance_core.stages import get_stage\n"
+            f"for name in {list(TORCH_FREE_STAGES)!r}:\n"
+            "    get_stage(name)\n"
+            "    assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, name\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

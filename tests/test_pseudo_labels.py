@@ -317,3 +317,36 @@ def test_tiny_run_of_the_three_modes_and_param_isolation(workdir, tiny_config, t
     assert jobs.get("train_sance") == 1 and jobs.get("infer_maps") == 2
     assert "results/tiny/sance/sance_model/model.pt" in proc.stdout
     assert "results/tiny/irnet/sance_model" not in proc.stdout.split("Job stats:")[1]
+
+
+def test_export_and_evaluation_jobs_run_without_importing_torch(trained):
+    """export_pseudo_label_pngs and evaluate_pseudo_labels read HDF5 and write PNGs/JSON only: a job
+    of theirs must not pay for importing torch (a few CPU seconds per job). Run in a fresh process."""
+    import subprocess
+    import sys
+
+    tmp, ds, ids, masks, models = trained
+    data = Path(ds["root"])
+    common = {"shard": str(data / "shard.txt"), "manifest": str(data / "manifest.json")}
+    maps, labels = tmp / "maps.h5", tmp / "labels.h5"
+    run_infer_maps(from_dict(MapsConfig, {"dataset": ds, "mode": "sance", "scales": [1.0]}),
+                   {"model": str(models["sance"]), **common}, {"maps": str(maps)})
+    run_make_pseudo_labels(from_dict(PseudoLabelConfig, {"dataset": ds, "mode": "sance"}),
+                           {"maps": str(maps), **common}, {"labels": str(labels)})
+    jobs = [
+        ("export_pseudo_label_pngs", {}, {"labels": [str(labels)]}, {"png": str(tmp / "png")}),
+        ("evaluate_pseudo_labels", {"dataset": ds}, {"labels": [str(labels)], **common},
+         {"json": str(tmp / "eval.json"), "tsv": str(tmp / "eval.tsv")}),
+    ]
+    code = (
+        "import json, sys\n"
+        "from sance_core.stages import run_stage\n"
+        f"for name, params, inputs, outputs in json.loads({json.dumps(json.dumps(jobs))}):\n"
+        "    run_stage(name, params, inputs, outputs)\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'torchvision') if m in sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert sorted(p.name for p in (tmp / "png").iterdir()) == ["im1.png", "im2.png"]
+    assert json.loads((tmp / "eval.json").read_text())["n_images"] == 2

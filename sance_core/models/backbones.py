@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
+from sance_core.models import resnet
 from sance_core.pretrained import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ STAGE_CHANNELS = {
 
 
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet cut into five stages with a chosen output stride (8, 16 or 32).
+    """A torchvision ResNet (``sance_core.models.resnet``: torchvision's code without its import cost)
+    cut into five stages with a chosen output stride (8, 16 or 32).
 
     Stride 16 dilates stage 5 (dilation 2); stride 8 dilates stage 4 by 2 and stage 5 by 4,
     as DeepLab and the SANCE paper do. ``forward`` returns the five stage outputs
@@ -55,11 +56,11 @@ class ResNetBackbone(nn.Module):
             net = _small_resnet(*_SMALL[name])
             _dilate_basic(net, output_stride)
         elif name in ("resnet18", "resnet34"):
-            net = getattr(torchvision.models, name)(weights=None)
+            net = getattr(resnet, name)()
             _dilate_basic(net, output_stride)
         else:
             dilation = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
-            net = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=dilation)
+            net = getattr(resnet, name)(replace_stride_with_dilation=dilation)
         path = resolve_weights(weights, name)
         if path is not None:
             load_backbone_weights(net, path)
@@ -86,7 +87,7 @@ def _small_resnet(blocks: tuple[int, ...], widths: tuple[int, ...]) -> nn.Module
     torchvision's ``ResNet`` hard-codes 64-128-256-512 channels; the layers are rebuilt with
     ``widths`` (the stem gets ``widths[0]``), initialised as torchvision initialises its ResNets.
     """
-    from torchvision.models.resnet import BasicBlock, ResNet
+    from sance_core.models.resnet import BasicBlock, ResNet
 
     net = ResNet(BasicBlock, list(blocks))
     net.inplanes = widths[0]

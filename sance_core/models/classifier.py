@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from sance_core.models.backbones import ResNetBackbone
+from sance_core.models.resnet import BasicBlock, Bottleneck
 
 MODEL_KIND = "cam_classifier"
 ARCH_KEYS = ("kind", "backbone", "output_stride", "classes")

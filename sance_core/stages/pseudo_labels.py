@@ -22,26 +22,29 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from sance_core.constants import MAP_STRIDE
 from sance_core.data.dataset import DatasetSpec, Manifest, load_manifest
 from sance_core.data.shards import read_shard
-from sance_core.data.transforms import normalize_image
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.files import as_paths, atomic_path
 from sance_core.io.images import DataError, read_image
 from sance_core.io.palette import save_label_png
 from sance_core.io.store import ArtifactError, ArtifactReader, ArtifactWriter
-from sance_core.models.sance import ARCH_KEYS, SanceModel, build_from_config
-from sance_core.ops.online_labels import scores_to_label
-from sance_core.ops.propagation import propagate
 from sance_core.runtime import map_on_devices, visible_devices
+
+if TYPE_CHECKING:
+    import torch
+
+    from sance_core.models.sance import SanceModel
+
+# torch and the networks are imported inside the functions that use them: exporting and scoring
+# pseudo labels (export_pseudo_label_pngs, evaluate_pseudo_labels) never touch torch, and its
+# import costs each of those jobs a few CPU seconds
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class MapsConfig:
 def load_sance_model(model_file: str | Path, classes: Sequence[str], mode: str, device: torch.device) -> SanceModel:
     """The trained model of ``mode``; refuses a model of another dataset or mode."""
     from sance_core.io.weights import load_model, load_state_strict
+    from sance_core.models.sance import ARCH_KEYS, build_from_config
 
     state, config = load_model(Path(model_file).parent, {"kind": "sance", "classes": list(classes), "mode": mode})
     missing = [k for k in ARCH_KEYS if k not in config]
@@ -87,13 +91,25 @@ def load_sance_model(model_file: str | Path, classes: Sequence[str], mode: str, 
     return model.to(device).eval()
 
 
-@torch.inference_mode()
 def predict_maps(model: SanceModel, image: np.ndarray, scales: Sequence[float] = (1.0,), flip: bool = True,
                  device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
     """Averaged contour ``[h4, w4]`` and segmentation softmax ``[C+1, h4, w4]`` (None without seg branch).
 
     ``h4, w4 = ceil(H / 4), ceil(W / 4)``; each scale's maps are resized bilinearly to that grid.
     """
+    import torch
+
+    with torch.inference_mode():
+        return _predict_maps(model, image, scales, flip, device)
+
+
+def _predict_maps(model: SanceModel, image: np.ndarray, scales: Sequence[float], flip: bool,
+                  device: torch.device | str) -> tuple[np.ndarray, np.ndarray | None]:
+    import torch
+    import torch.nn.functional as F
+
+    from sance_core.data.transforms import normalize_image
+
     h, w = image.shape[:2]
     size4 = (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE))
     x0 = normalize_image(image)[None].to(device)
@@ -245,6 +261,12 @@ def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarra
         raise ValueError(f"maps {contour.shape} do not cover an image of {size} at stride {MAP_STRIDE}")
     if scores.shape[0] == 0:
         return np.zeros((h, w), dtype=np.uint8)
+    import torch
+    import torch.nn.functional as F
+
+    from sance_core.ops.online_labels import scores_to_label
+    from sance_core.ops.propagation import propagate
+
     prop = propagate(torch.from_numpy(scores), torch.from_numpy(contour).clamp(0, 1), radius, beta, exp_times)
     up = F.interpolate(prop[None], scale_factor=MAP_STRIDE, mode="bilinear", align_corners=False)[0, :, :h, :w]
     label = scores_to_label(up, tau_b, keys=torch.as_tensor(list(keys), dtype=torch.long), normalize=normalize)
