@@ -36,9 +36,9 @@ def test_small_resnet_sizes() -> None:
     ("resnet18", {}), ("resnet18", {"zero_init_residual": True}), ("resnet34", {}),
     ("resnet50", {"replace_stride_with_dilation": [False, True, True]}), ("resnet101", {}),
 ])
-def test_the_resnet_copy_is_torchvisions(name: str, kwargs: dict) -> None:
-    """sance_core.models.resnet is torchvision's ResNet without torchvision's import: the same
-    modules and state-dict keys, the same initial weights under one seed, the same outputs."""
+def test_our_resnet_is_interchangeable_with_torchvisions(name: str, kwargs: dict) -> None:
+    """sance_core.models.resnet builds what torchvision builds without torchvision's import: the
+    same modules and state-dict keys, the same initial weights under one seed, the same outputs."""
     import torchvision
 
     from sance_core.models import resnet
@@ -58,7 +58,7 @@ def test_the_resnet_copy_is_torchvisions(name: str, kwargs: dict) -> None:
 
 def test_building_a_backbone_does_not_import_torchvision() -> None:
     """torchvision's package import pulls in torch._dynamo (about 3 CPU s per job); the backbones
-    use the copy in sance_core.models.resnet. Checked in a fresh process."""
+    use sance_core.models.resnet. Checked in a fresh process."""
     import subprocess
     import sys
 

@@ -37,7 +37,7 @@ STAGE_CHANNELS = {
 
 
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet (``sance_core.models.resnet``: torchvision's code without its import cost)
+    """A ResNet (``sance_core.models.resnet``, interchangeable with torchvision's, without its import cost)
     cut into five stages with a chosen output stride (8, 16 or 32).
 
     Stride 16 dilates stage 5 (dilation 2); stride 8 dilates stage 4 by 2 and stage 5 by 4,
