@@ -74,6 +74,17 @@ def tiny_config() -> Path:
     return REPO / "tests" / "configs" / "tiny.yaml"
 
 
+@pytest.fixture(scope="session")
+def tiny_all_run(tmp_path_factory, tiny_config) -> Path:
+    """The working directory of one whole tiny pipeline (`snakemake all`, 2 cores), run once per
+    test session and shared by the tests that only read its outputs or dry-run on top of it.
+    Tests that change files of a run make their own."""
+    d = tmp_path_factory.mktemp("tiny_all") / "run"
+    d.mkdir()
+    run_snakemake(d, "all", "--cores", "2", "--configfile", str(tiny_config), timeout=1800)
+    return d
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

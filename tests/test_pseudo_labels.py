@@ -284,16 +284,17 @@ def test_dry_run_schedules_every_mode_per_shard(workdir, tiny_config):
 
 
 @pytest.mark.slow
-def test_tiny_run_of_the_three_modes_and_param_isolation(workdir, tiny_config, tmp_path):
-    """All three modes end to end on the tiny config; then a refine-only change reruns 'sance' alone."""
+def test_tiny_run_of_the_three_modes_and_param_isolation(tiny_all_run, tiny_config, tmp_path):
+    """All three modes end to end on the tiny config (the session's whole tiny run); then a
+    refine-only change reruns 'sance' alone."""
     import yaml
 
     from conftest import run_snakemake
 
+    workdir = tiny_all_run
     modes = ("irnet", "sance_naive", "sance")
     targets = [t for m in modes for t in (f"results/tiny/{m}/eval/pseudo_labels.json",
                                           f"results/tiny/{m}/pseudo_labels/png")]
-    run_snakemake(workdir, *targets, "--cores", "2", "--configfile", str(tiny_config))
     for mode in modes:
         result = json.loads((workdir / f"results/tiny/{mode}/eval/pseudo_labels.json").read_text())
         assert result["n_images"] == 12 and result["tau_b"] == 0.25 and result["mode"] == mode

@@ -231,10 +231,10 @@ def test_contour_stage_on_one_shard(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.workflow
-def test_tiny_pipeline_report(workdir, tiny_config):
-    """The whole tiny pipeline, then the report: every figure embedded."""
-    run_snakemake(workdir, "all", "--cores", "2", "--configfile", str(tiny_config), timeout=1800)
-    report = workdir / "report.html"
+def test_tiny_pipeline_report(tiny_all_run, tiny_config, tmp_path):
+    """The whole tiny pipeline (the session's run), then the report: every figure embedded."""
+    workdir = tiny_all_run
+    report = tmp_path / "report.html"
     run_snakemake(workdir, "--report", str(report), "--configfile", str(tiny_config))
     page = report.read_text()
     for name in ("qualitative_train.png", "qualitative_val.png", "per_class_iou.png", "contour_pr.png",
