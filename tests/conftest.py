@@ -85,6 +85,18 @@ def tiny_all_run(tmp_path_factory, tiny_config) -> Path:
     return d
 
 
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as module ``name`` (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cuda_checks", REPO / "benchmarks" / "cuda_checks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cuda_checks"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cuda_checks")
 
 
 def test_section_replaces_only_its_block(tmp_path):

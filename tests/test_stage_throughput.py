@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("stage_throughput", REPO / "benchmarks" / "stage_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stage_throughput"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("stage_throughput")
 
 
 class _Seen(Exception):
