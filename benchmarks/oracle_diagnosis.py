@@ -18,7 +18,8 @@ and the contour map's profile on the grid cells of the mask (4x4 cells): ``objec
 (cells holding an object and background or void, next to no second object class), ``class_border``
 (boundary cells with two object classes in their 3x3 neighbourhood: touching objects),
 ``interior`` (cells of one object class only) and ``background``; per zone the mean contour and
-the share above 0.5.
+the share above 0.5; and ``sance_core.eval.contour_profile`` (boundary / interior / background of
+the nearest-sampled mask, band 1) for comparison.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/oracle_diagnosis.py resources/demo results/demo/manifest.json \
         results/demo/oracle_core1_leak0_false0_unk4 sance --radius 2
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
+from sance_core.eval.contour_profile import contour_profile, mask_on_grid
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.store import open_shards
 from sance_core.stages.pseudo_labels import read_seg, synthesize_label
@@ -113,6 +115,7 @@ def main() -> None:
     zsum = {z: 0.0 for z in ZONES}
     zabove = {z: 0 for z in ZONES}
     zcount = {z: 0 for z in ZONES}
+    profile_pairs = []
     items = list(manifest.labels(args.split).items())
     if args.max_images:
         items = items[: args.max_images]
@@ -146,6 +149,7 @@ def main() -> None:
                                align_corners=False)[0, :, :h, :w]
             table = np.asarray([0, *keys])
             cms["seg_argmax"].update(table[up.argmax(dim=0).numpy()], mask)
+        profile_pairs.append((contour, mask_on_grid(mask, contour.shape)))
         for z, sel in cell_zones(mask, h4, w4).items():
             vals = contour[sel]
             zsum[z] += float(vals.sum())
@@ -159,6 +163,7 @@ def main() -> None:
         "contour_zones": {z: {"mean": round(zsum[z] / max(zcount[z], 1), 3),
                               "above_0.5": round(zabove[z] / max(zcount[z], 1), 3),
                               "cells": zcount[z]} for z in ZONES},
+        "contour_profile": {z: {k: round(v, 3) for k, v in d.items()} for z, d in contour_profile(profile_pairs).items()},
     }
     print(json.dumps(out))
 
