@@ -12,7 +12,8 @@ against the masks (train split, void ignored, one confusion matrix each):
 - ``gt_contour``: the mode's score map propagated along the ground-truth boundary cells
   (object-background and class-class) instead of its own contour - separates the contour map
   from the score map;
-- ``zero_contour``: no contour at all.
+- ``zero_contour``: no contour at all;
+- ``tau_b=<b>`` (``--tau-b-variants``): another background constant.
 
 and the contour map's profile on the grid cells of the mask (4x4 cells): ``object_border``
 (cells holding an object and background or void, next to no second object class), ``class_border``
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--exp-times", type=int, default=8)
     parser.add_argument("--variants", type=int, nargs="*", default=[4, 6], help="other exp_times to score")
     parser.add_argument("--tau-b", type=float, default=0.25)
+    parser.add_argument("--tau-b-variants", type=float, nargs="*", default=[], help="other tau_b to score")
     parser.add_argument("--max-images", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -110,7 +112,8 @@ def main() -> None:
     cams = open_shards(sorted(glob.glob(f"{args.cams}/*.h5")), expect_stage="cam") if args.map == "cam" else None
     n = len(manifest.classes)
     names = ["pipeline", "no_normalize", "gt_contour", "zero_contour",
-             *[f"exp_times={t}" for t in args.variants]] + (["seg_argmax"] if args.map == "seg" else [])
+             *[f"exp_times={t}" for t in args.variants],
+             *[f"tau_b={b:g}" for b in args.tau_b_variants]] + (["seg_argmax"] if args.map == "seg" else [])
     cms = {k: ConfusionMatrix(n) for k in names}
     zsum = {z: 0.0 for z in ZONES}
     zabove = {z: 0 for z in ZONES}
@@ -134,8 +137,8 @@ def main() -> None:
             scores = read_seg(reader, image_id, keys)
         scores = scores.reshape(len(keys), h4, w4).astype(np.float32)
 
-        def synth(c: np.ndarray, t: int = args.exp_times, norm: bool = normalize) -> np.ndarray:
-            return synthesize_label(scores, keys, c, (h, w), args.radius, 10.0, t, args.tau_b, normalize=norm)
+        def synth(c: np.ndarray, t: int = args.exp_times, norm: bool = normalize, tau_b: float = args.tau_b) -> np.ndarray:
+            return synthesize_label(scores, keys, c, (h, w), args.radius, 10.0, t, tau_b, normalize=norm)
 
         cms["pipeline"].update(synth(contour), mask)
         cms["no_normalize"].update(synth(contour, norm=False), mask)
@@ -143,6 +146,8 @@ def main() -> None:
         cms["zero_contour"].update(synth(np.zeros_like(contour)), mask)
         for t in args.variants:
             cms[f"exp_times={t}"].update(synth(contour, t=t), mask)
+        for b in args.tau_b_variants:
+            cms[f"tau_b={b:g}"].update(synth(contour, tau_b=b), mask)
         if args.map == "seg":
             full = read_seg(reader, image_id, [0, *keys]).reshape(len(keys) + 1, h4, w4)
             up = F.interpolate(torch.from_numpy(full.astype(np.float32))[None], scale_factor=4, mode="bilinear",
