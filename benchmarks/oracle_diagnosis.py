@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 
 import numpy as np
 import torch
