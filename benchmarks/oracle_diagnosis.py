@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
-from sance_core.eval.contour_profile import contour_profile, mask_on_grid
+from sance_core.eval.contour_profile import contour_profile, grid_cells, mask_on_grid, pad_to_grid
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.store import open_shards
 from sance_core.stages.pseudo_labels import read_seg, synthesize_label
@@ -53,8 +53,7 @@ def cell_zones(mask: np.ndarray, h4: int, w4: int) -> dict[str, np.ndarray]:
     included); a boundary cell is a class border when its 3x3 cell neighbourhood holds two object
     classes, else an object border. The other cells are interior (one object class) or background.
     """
-    pad = np.full((h4 * 4, w4 * 4), 255, np.uint8)
-    pad[: mask.shape[0], : mask.shape[1]] = mask
+    pad = pad_to_grid(mask, (h4, w4))
     change = np.zeros(pad.shape, bool)
     dy = pad[1:] != pad[:-1]
     dx = pad[:, 1:] != pad[:, :-1]
@@ -62,9 +61,8 @@ def cell_zones(mask: np.ndarray, h4: int, w4: int) -> dict[str, np.ndarray]:
     change[:-1] |= dy
     change[:, 1:] |= dx
     change[:, :-1] |= dx
-    as_cells = lambda a: a.reshape(h4, 4, w4, 4).transpose(0, 2, 1, 3).reshape(h4, w4, 16)  # noqa: E731
-    cells = as_cells(pad)
-    boundary = as_cells(change).any(axis=2)
+    cells = grid_cells(pad)
+    boundary = grid_cells(change).any(axis=2)
     classes = [int(c) for c in np.unique(mask) if c not in (0, 255)]
     has = {c: (cells == c).any(axis=2) for c in classes}
     near = sum((ndimage.binary_dilation(v, np.ones((3, 3), bool)).astype(np.int64) for v in has.values()),
@@ -82,9 +80,7 @@ def cell_zones(mask: np.ndarray, h4: int, w4: int) -> dict[str, np.ndarray]:
 
 def gt_boundary(mask: np.ndarray, h4: int, w4: int) -> np.ndarray:
     """Cells holding two labels (object-background, class-class or void): the synthesis ceiling's contour."""
-    pad = np.full((h4 * 4, w4 * 4), 255, np.uint8)
-    pad[: mask.shape[0], : mask.shape[1]] = mask
-    cells = pad.reshape(h4, 4, w4, 4).transpose(0, 2, 1, 3).reshape(h4, w4, 16)
+    cells = grid_cells(pad_to_grid(mask, (h4, w4)))
     return (cells.min(axis=2) != cells.max(axis=2)).astype(np.float32)
 
 

@@ -66,12 +66,16 @@ def _cams(seed: int) -> np.ndarray:
     return np.stack(maps).astype(np.float32)
 
 
+def stage_scales(stage: str, preset: bool) -> tuple[float, ...]:
+    """The scales a stage's network runs at: 1.0, or the preset's test-time scales (``PRESET_SCALES``)."""
+    return tuple(PRESET_SCALES.get(stage, (1.0,))) if preset else (1.0,)
+
+
 def _stage_fn(stage: str, device: str = "cpu", preset: bool = False):
-    """Per-image function of ``stage`` (built once: model, inputs); the networks at scale 1.0, or at
-    the preset's test-time scales (``PRESET_SCALES``) when ``preset``."""
+    """Per-image function of ``stage`` (built once: model, inputs) at ``stage_scales(stage, preset)``."""
     import torch
 
-    scales = PRESET_SCALES.get(stage, (1.0,)) if preset else (1.0,)
+    scales = stage_scales(stage, preset)
 
     torch.manual_seed(0)
     if stage == "cam":
@@ -145,7 +149,7 @@ def _worker(stage: str, images: int, threads: int, device: str = "cpu", preset: 
     return {"stage": stage, "s_per_image": min(times), "cpu_s_per_image": min(cpu), "times": times,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": threads, "device": device,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
-            "load": os.getloadavg()[0], "scales": list(PRESET_SCALES.get(stage, (1.0,)) if preset else (1.0,))}
+            "load": os.getloadavg()[0], "scales": list(stage_scales(stage, preset))}
 
 
 def projected(row: dict) -> float | None:

@@ -85,6 +85,12 @@ def tiny_all_run(tmp_path_factory, tiny_config) -> Path:
     return d
 
 
+def training_outputs(folder: Path) -> dict[str, str]:
+    """The outputs of a training stage in ``folder``, named as the training rules name them."""
+    return {name: str(Path(folder) / file) for name, file in
+            (("model", "model.pt"), ("config", "config.json"), ("history", "history.csv"), ("curve", "curve.png"))}
+
+
 def load_benchmark(name: str):
     """The script ``benchmarks/<name>.py`` imported as module ``name`` (the benchmarks are scripts, not a package)."""
     import importlib.util

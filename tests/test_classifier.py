@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+from conftest import training_outputs
 from sance_core.config import ConfigError, from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.engine import CHECKPOINT_FILE
@@ -157,8 +158,7 @@ def test_run_stage_writes_model_config_history_and_curve(tmp_path):
     out = tmp_path / "classifier"
     resume = tmp_path / "resume"
     cfg = small_config(spec, epochs=2, resume_dir=str(resume))
-    outputs = {k: str(out / f) for k, f in
-               (("model", "model.pt"), ("config", "config.json"), ("history", "history.csv"), ("curve", "curve.png"))}
+    outputs = training_outputs(out)
     metrics = run_stage(cfg, {"manifest": str(manifest)}, outputs)
     assert metrics["step"] == 4
     rows = list(csv.DictReader((out / "history.csv").open()))

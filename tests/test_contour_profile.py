@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sance_core.eval.contour_profile import contour_profile, mask_on_grid, zones
+from sance_core.eval.contour_profile import contour_profile, grid_cells, mask_on_grid, pad_to_grid, zones
 
 
 def square_mask(n=12):
@@ -64,3 +64,15 @@ def test_mask_on_grid_takes_the_top_left_sample():
     assert np.array_equal(mask_on_grid(mask, (2, 2)), [[0, 4], [32, 36]])
     with pytest.raises(ValueError, match="does not cover"):
         mask_on_grid(mask, (3, 3))
+
+
+def test_pad_to_grid_and_grid_cells_match_a_per_cell_reference():
+    mask = np.random.default_rng(0).integers(0, 4, size=(10, 7)).astype(np.uint8)
+    pad = pad_to_grid(mask, (3, 2))
+    assert pad.shape == (12, 8) and (pad[:10, :7] == mask).all() and (pad[10:] == 255).all() and (pad[:, 7] == 255).all()
+    cells = grid_cells(pad)
+    for cy in range(3):
+        for cx in range(2):
+            assert (cells[cy, cx] == pad[cy * 4:cy * 4 + 4, cx * 4:cx * 4 + 4].ravel()).all()
+    with pytest.raises(ValueError, match="larger than a grid"):
+        pad_to_grid(mask, (2, 2))

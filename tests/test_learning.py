@@ -52,6 +52,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import training_outputs
 from sance_core.config import from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
 from sance_core.data.demo import DEMO_CLASSES, DemoDataConfig, generate_demo_dataset
@@ -117,9 +118,7 @@ def train_classifier(spec: DatasetSpec, seed: int, out: Path, **overrides: Any) 
     """Train the CAM classifier as the ``train_classifier`` rule does; returns its ``model.pt``."""
     cfg = _config(classifier.ClassifierConfig, spec, CLASSIFIER, seed, **overrides)
     out.mkdir(parents=True, exist_ok=True)
-    outputs = {name: str(out / file) for name, file in
-               (("model", "model.pt"), ("config", "config.json"), ("history", "history.csv"), ("curve", "curve.png"))}
-    classifier.run_stage(cfg, {"manifest": str(Path(spec.root) / "manifest.json")}, outputs)
+    classifier.run_stage(cfg, {"manifest": str(Path(spec.root) / "manifest.json")}, training_outputs(out))
     return out / "model.pt"
 
 
@@ -211,8 +210,7 @@ def sance_pseudo_label_scores(spec: DatasetSpec, manifest: Manifest, classifier_
     model_dir = out / "sance_model"
     sance.run_stage(sance_cfg, {"manifest": manifest_file, "seeds": [str(out / "seeds.h5")],
                                 "classifier": str(classifier_model)},
-                    {name: str(model_dir / file) for name, file in (("model", "model.pt"), ("config", "config.json"),
-                                                                    ("history", "history.csv"), ("curve", "curve.png"))})
+                    training_outputs(model_dir))
     model = load_sance_model(model_dir / "model.pt", spec.classes, "sance", torch.device("cpu"))
     seed_everything(sance_cfg.seed)  # the model as the training starts it: classifier backbone, new heads
     untrained = sance.build_model(sance_cfg, classifier_model.parent)

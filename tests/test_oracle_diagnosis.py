@@ -1,18 +1,12 @@
 """benchmarks/oracle_diagnosis.py: the contour zones of the mask's 4x4 cells against a naive per-cell reference."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "oracle_diagnosis.py"
+from conftest import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("oracle_diagnosis", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("oracle_diagnosis")
 
 
 def _naive_zones(mask, h4, w4):

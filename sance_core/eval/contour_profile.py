@@ -29,6 +29,23 @@ def mask_on_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = 4) -> n
     return grid
 
 
+def pad_to_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = 4) -> np.ndarray:
+    """The mask ``[H, W]`` padded with void (255) to cover the grid ``shape``: ``[h * stride, w * stride]``."""
+    h, w = shape
+    mask = np.asarray(mask)
+    if mask.shape[0] > h * stride or mask.shape[1] > w * stride:
+        raise ValueError(f"mask {mask.shape} is larger than a grid of {shape} at stride {stride}")
+    pad = np.full((h * stride, w * stride), UNSURE, mask.dtype)
+    pad[: mask.shape[0], : mask.shape[1]] = mask
+    return pad
+
+
+def grid_cells(pixels: np.ndarray, stride: int = 4) -> np.ndarray:
+    """The ``stride x stride`` cells of ``pixels [h * stride, w * stride]`` side by side: ``[h, w, stride**2]``."""
+    h, w = pixels.shape[0] // stride, pixels.shape[1] // stride
+    return pixels.reshape(h, stride, w, stride).transpose(0, 2, 1, 3).reshape(h, w, stride * stride)
+
+
 def zones(mask: np.ndarray, band: int = 1) -> dict[str, np.ndarray]:
     """Boolean ``[h, w]`` zones of a label map on the grid: boundary / interior / background (void excluded)."""
     mask = np.asarray(mask)

@@ -82,14 +82,14 @@ class ResNetBackbone(nn.Module):
 
 
 def _small_resnet(blocks: tuple[int, ...], widths: tuple[int, ...]) -> nn.Module:
-    """A torchvision ResNet of BasicBlocks with ``blocks`` per stage and ``widths`` channels.
+    """A ResNet of BasicBlocks with ``blocks`` per stage and ``widths`` channels.
 
-    torchvision's ``ResNet`` hard-codes 64-128-256-512 channels; the layers are rebuilt with
-    ``widths`` (the stem gets ``widths[0]``), initialised as torchvision initialises its ResNets.
+    ``resnet.ResNet`` builds 64-128-256-512 channels; the layers are rebuilt with ``widths`` (the
+    stem gets ``widths[0]``), initialised as ``ResNet`` initialises itself. Built this way, not by
+    giving ``ResNet`` the widths, so that one seed keeps giving the demo backbones the same weights.
     """
-    from sance_core.models.resnet import BasicBlock, ResNet
-
-    net = ResNet(BasicBlock, list(blocks))
+    BasicBlock = resnet.BasicBlock
+    net = resnet.ResNet(BasicBlock, list(blocks))
     net.inplanes = widths[0]
     net.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
     net.bn1 = nn.BatchNorm2d(widths[0])
@@ -98,12 +98,7 @@ def _small_resnet(blocks: tuple[int, ...], widths: tuple[int, ...]) -> nn.Module
     net.layer3 = net._make_layer(BasicBlock, widths[2], blocks[2], stride=2)
     net.layer4 = net._make_layer(BasicBlock, widths[3], blocks[3], stride=2)
     net.fc = nn.Linear(widths[3], 1000)
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
+    net.init_weights()
     return net
 
 

@@ -106,13 +106,18 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, blocks[3], 2, replace_stride_with_dilation[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.init_weights(zero_init_residual)
+
+    def init_weights(self, zero_init_residual: bool = False) -> None:
+        """He-normal (fan-out) convolutions, BatchNorm weight 1 and bias 0, in module order; with
+        ``zero_init_residual`` each block's last BatchNorm starts at 0 (the block starts as its shortcut)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_residual:  # each residual branch starts as zero: the block starts as its shortcut
+        if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.zeros_(m.bn3.weight)

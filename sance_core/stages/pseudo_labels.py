@@ -98,45 +98,38 @@ def predict_maps(model: SanceModel, image: np.ndarray, scales: Sequence[float] =
     ``h4, w4 = ceil(H / 4), ceil(W / 4)``; each scale's maps are resized bilinearly to that grid.
     """
     import torch
-
-    with torch.inference_mode():
-        return _predict_maps(model, image, scales, flip, device)
-
-
-def _predict_maps(model: SanceModel, image: np.ndarray, scales: Sequence[float], flip: bool,
-                  device: torch.device | str) -> tuple[np.ndarray, np.ndarray | None]:
-    import torch
     import torch.nn.functional as F
 
     from sance_core.data.transforms import normalize_image
 
     h, w = image.shape[:2]
     size4 = (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE))
-    x0 = normalize_image(image)[None].to(device)
     contour_sum: torch.Tensor | None = None
     seg_sum: torch.Tensor | None = None
     count = 0
-    for s in scales:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        x = x0 if size == (h, w) else F.interpolate(x0, size=size, mode="bilinear", align_corners=False)
-        if flip:
-            x = torch.cat([x, x.flip(-1)], dim=0)
-        out = model(x)
-        maps = [torch.sigmoid(out["contour"].float())]
-        if "seg" in out:
-            maps.append(torch.softmax(out["seg"].float(), dim=1))
-        maps = [F.interpolate(m, size=size4, mode="bilinear", align_corners=False) for m in maps]
-        if flip:
-            maps = [torch.cat([m[:1], m[1:].flip(-1)], dim=0) for m in maps]
-        c = maps[0].sum(dim=0)[0]
-        contour_sum = c if contour_sum is None else contour_sum + c
-        if len(maps) > 1:
-            sg = maps[1].sum(dim=0)
-            seg_sum = sg if seg_sum is None else seg_sum + sg
-        count += x.shape[0]
-    assert contour_sum is not None
-    contour = (contour_sum / count).clamp(0, 1).cpu().numpy()
-    seg = None if seg_sum is None else (seg_sum / count).cpu().numpy()
+    with torch.inference_mode():
+        x0 = normalize_image(image)[None].to(device)
+        for s in scales:
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            x = x0 if size == (h, w) else F.interpolate(x0, size=size, mode="bilinear", align_corners=False)
+            if flip:
+                x = torch.cat([x, x.flip(-1)], dim=0)
+            out = model(x)
+            maps = [torch.sigmoid(out["contour"].float())]
+            if "seg" in out:
+                maps.append(torch.softmax(out["seg"].float(), dim=1))
+            maps = [F.interpolate(m, size=size4, mode="bilinear", align_corners=False) for m in maps]
+            if flip:
+                maps = [torch.cat([m[:1], m[1:].flip(-1)], dim=0) for m in maps]
+            c = maps[0].sum(dim=0)[0]
+            contour_sum = c if contour_sum is None else contour_sum + c
+            if len(maps) > 1:
+                sg = maps[1].sum(dim=0)
+                seg_sum = sg if seg_sum is None else seg_sum + sg
+            count += x.shape[0]
+        assert contour_sum is not None
+        contour = (contour_sum / count).clamp(0, 1).cpu().numpy()
+        seg = None if seg_sum is None else (seg_sum / count).cpu().numpy()
     return contour, seg
 
 
