@@ -183,3 +183,40 @@ def test_seed_metrics_match_naive_reference():
     precision, coverage, recall = naive_seed_metrics(seeds, gts, 4)
     assert m.precision() == pytest.approx(precision) and m.coverage() == pytest.approx(coverage)
     np.testing.assert_allclose(m.recall_per_class(), recall, equal_nan=True)
+
+
+def test_seed_composition_matches_a_pixel_count():
+    """Object / background pixels by what the seeds say, against a count pixel by pixel."""
+    rng = np.random.default_rng(11)
+    m = SeedMetrics(4)
+    counts = {"own_class": 0, "other_class": 0, "background": 0, "unsure": 0}
+    bg_counts = {"background": 0, "object": 0, "unsure": 0}
+    for _ in range(3):
+        gt = rng.integers(0, 4, (9, 7)).astype(np.uint8)
+        gt[rng.random(gt.shape) < 0.1] = 255
+        seed = np.where(rng.random(gt.shape) < 0.5, gt, rng.integers(0, 4, gt.shape)).astype(np.uint8)
+        seed[rng.random(gt.shape) < 0.3] = 255
+        m.update(seed, gt)
+        for g, s in zip(gt.ravel().tolist(), seed.ravel().tolist()):
+            if g == 255:
+                continue
+            if g == 0:
+                bg_counts["unsure" if s == 255 else "background" if s == 0 else "object"] += 1
+            else:
+                counts["unsure" if s == 255 else "background" if s == 0 else "own_class" if s == g else "other_class"] += 1
+    comp = m.as_dict(["bg", "a", "b", "c"])["composition"]
+    n_obj, n_bg = sum(counts.values()), sum(bg_counts.values())
+    assert comp["object_pixels"] == pytest.approx({k: v / n_obj for k, v in counts.items()})
+    assert comp["background_pixels"] == pytest.approx({k: v / n_bg for k, v in bg_counts.items()})
+
+
+def test_seed_composition_of_seeds_that_label_a_body_as_background():
+    # an object of 4 pixels: its part seeded right (1), its body seeded as background (2), one unsure
+    gt = np.array([[0, 0, 1, 1, 1, 1]], np.uint8)
+    seed = np.array([[0, 255, 1, 0, 0, 255]], np.uint8)
+    m = SeedMetrics(2)
+    m.update(seed, gt)
+    comp = m.composition()
+    assert comp["object_pixels"] == {"own_class": 0.25, "other_class": 0.0, "background": 0.5, "unsure": 0.25}
+    assert comp["background_pixels"] == {"background": 0.5, "object": 0.0, "unsure": 0.5}
+    assert SeedMetrics(3).composition()["object_pixels"]["background"] is None  # nothing seen yet

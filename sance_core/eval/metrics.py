@@ -150,6 +150,10 @@ class SeedMetrics:
     * ``coverage``: fraction of the valid (non-void) ground-truth pixels that get a confident seed.
     * per-class recall: fraction of the ground-truth pixels of class c that get the seed c.
     * ``miou``: the confusion matrix of the confident pixels only (what the seeds say where they speak).
+    * ``composition``: where the object pixels (ground truth 1..C) and the background pixels go -
+      own class / another class / background / unsure, and background / an object class / unsure;
+      shares of each group's valid pixels. The share of object pixels seeded as *background* is what
+      teaches the contour branch an edge inside the objects (issue 17's diagnostic).
     """
 
     def __init__(self, num_classes: int, unsure: int = IGNORE_INDEX) -> None:
@@ -179,6 +183,22 @@ class SeedMetrics:
     def recall_per_class(self) -> np.ndarray:
         return _safe_div(self.confident.true_positives, self.gt_count)
 
+    def composition(self) -> dict[str, dict[str, float | None]]:
+        """Shares of the object and the background pixels of the ground truth by what the seeds say."""
+        m = self.confident.matrix  # [gt, pred]; the last column: seeds outside the class range
+        obj, bg = m[1:], m[0]
+        n_obj, n_bg = int(self.gt_count[1:].sum()), int(self.gt_count[0])
+        own = int(np.trace(m[1:, 1:self.num_classes]))
+        to_bg = int(obj[:, 0].sum())
+        objects = {"own_class": own, "other_class": int(obj.sum()) - own - to_bg, "background": to_bg,
+                   "unsure": n_obj - int(obj.sum())}
+        background = {"background": int(bg[0]), "object": int(bg.sum() - bg[0]), "unsure": n_bg - int(bg.sum())}
+
+        def shares(counts: dict[str, int], total: int) -> dict[str, float | None]:
+            return {k: (v / total if total else None) for k, v in counts.items()}
+
+        return {"object_pixels": shares(objects, n_obj), "background_pixels": shares(background, n_bg)}
+
     def as_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
         out = self.confident.as_dict(class_names)
         p, c = self.precision(), self.coverage()
@@ -189,6 +209,7 @@ class SeedMetrics:
             "recall_per_class": dict(zip(class_names, _nan_to_none(self.recall_per_class()))),
             "n_gt_pixels": int(self.gt_count.sum()),
             "n_confident_pixels": self.confident.total,
+            "composition": self.composition(),
         })
         return out
 
