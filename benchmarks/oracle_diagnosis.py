@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from sance_core.constants import MAP_STRIDE
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
-from sance_core.eval.contour_profile import contour_profile, grid_cells, mask_on_grid, pad_to_grid
+from sance_core.eval.contour_profile import contour_profile, grid_cells, mask_on_grid, mixed_cells, pad_to_grid
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.store import open_shards
 from sance_core.stages.pseudo_labels import read_seg, synthesize_label
@@ -80,8 +81,7 @@ def cell_zones(mask: np.ndarray, h4: int, w4: int) -> dict[str, np.ndarray]:
 
 def gt_boundary(mask: np.ndarray, h4: int, w4: int) -> np.ndarray:
     """Cells holding two labels (object-background, class-class or void): the synthesis ceiling's contour."""
-    cells = grid_cells(pad_to_grid(mask, (h4, w4)))
-    return (cells.min(axis=2) != cells.max(axis=2)).astype(np.float32)
+    return mixed_cells(mask, (h4, w4)).astype(np.float32)
 
 
 def main() -> None:
@@ -145,7 +145,7 @@ def main() -> None:
             cms[f"tau_b={b:g}"].update(synth(contour, tau_b=b), mask)
         if args.map == "seg":
             full = read_seg(reader, image_id, [0, *keys]).reshape(len(keys) + 1, h4, w4)
-            up = F.interpolate(torch.from_numpy(full.astype(np.float32))[None], scale_factor=4, mode="bilinear",
+            up = F.interpolate(torch.from_numpy(full.astype(np.float32))[None], scale_factor=MAP_STRIDE, mode="bilinear",
                                align_corners=False)[0, :, :h, :w]
             table = np.asarray([0, *keys])
             cms["seg_argmax"].update(table[up.argmax(dim=0).numpy()], mask)

@@ -24,16 +24,22 @@ import os
 
 import numpy as np
 
+from sance_core.constants import IGNORE_INDEX
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
 from sance_core.io.store import ArtifactReader, ArtifactWriter
 
 log = logging.getLogger("repair_seeds")
 
 
+def object_pixels(mask: np.ndarray) -> np.ndarray:
+    """Bool: the pixels of an object class in ``mask`` (not background 0, not void)."""
+    return (mask > 0) & (mask != IGNORE_INDEX)
+
+
 def repair(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``seed`` with the pixels of an object class in ``mask`` (not 0, not 255) seeded 0 set to 255."""
+    """``seed`` with the object pixels of ``mask`` that it seeds background (0) set to unsure (255)."""
     out = seed.copy()
-    out[(mask > 0) & (mask != 255) & (seed == 0)] = 255
+    out[object_pixels(mask) & (seed == 0)] = IGNORE_INDEX
     return out
 
 
@@ -60,7 +66,7 @@ def main() -> None:
                     _, mask = load_sample(spec, image_id)
                     fixed = repair(seed, mask)
                     changed += int((fixed != seed).sum())
-                    objects += int(((mask > 0) & (mask != 255)).sum())
+                    objects += int(object_pixels(mask).sum())
                     writer.add(image_id, {"seed": fixed}, dict(reader.image_attrs(image_id)))
     log.info("object pixels seeded background -> unsure: %d of %d (%.1f %%)", changed, objects,
              100.0 * changed / max(objects, 1))

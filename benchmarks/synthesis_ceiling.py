@@ -17,8 +17,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from sance_core.constants import MAP_STRIDE
 from sance_core.data.dataset import DatasetSpec, Manifest, load_sample
-from sance_core.eval.contour_profile import grid_cells, pad_to_grid
+from sance_core.eval.contour_profile import mixed_cells, pad_to_grid
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.stages.pseudo_labels import synthesize_label
 
@@ -43,13 +44,11 @@ def main() -> None:
     for image_id, keys in manifest.labels(args.split).items():
         _, mask = load_sample(spec, image_id)
         h, w = mask.shape
-        h4, w4 = math.ceil(h / 4), math.ceil(w / 4)
-        pad = pad_to_grid(mask, (h4, w4))
-        cells = pad.reshape(h4, 4, w4, 4)
+        h4, w4 = math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE)
+        cells = pad_to_grid(mask, (h4, w4)).reshape(h4, MAP_STRIDE, w4, MAP_STRIDE)
         scores = np.stack([(cells == k).mean(axis=(1, 3)) for k in keys]).astype(np.float32)
         if args.class_borders:  # every cell holding two labels (object-background, class-class, void)
-            flat = grid_cells(pad)
-            thin = flat.min(axis=2) != flat.max(axis=2)
+            thin = mixed_cells(mask, (h4, w4))
         else:  # object-background cells only (void counts as object border)
             fg = (cells != 0).mean(axis=(1, 3))
             thin = (fg > 0) & (fg < 1)

@@ -16,11 +16,13 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
-UNSURE = 255
+from sance_core.constants import IGNORE_INDEX, MAP_STRIDE
+
+UNSURE = IGNORE_INDEX
 ZONES = ("boundary", "interior", "background")
 
 
-def mask_on_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = 4) -> np.ndarray:
+def mask_on_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = MAP_STRIDE) -> np.ndarray:
     """The mask ``[H, W]`` at the stride-``stride`` grid ``shape`` (top-left sample of each cell)."""
     h, w = shape
     grid = np.asarray(mask)[::stride, ::stride][:h, :w]
@@ -29,7 +31,7 @@ def mask_on_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = 4) -> n
     return grid
 
 
-def pad_to_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = 4) -> np.ndarray:
+def pad_to_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = MAP_STRIDE) -> np.ndarray:
     """The mask ``[H, W]`` padded with void (255) to cover the grid ``shape``: ``[h * stride, w * stride]``."""
     h, w = shape
     mask = np.asarray(mask)
@@ -40,10 +42,17 @@ def pad_to_grid(mask: np.ndarray, shape: tuple[int, int], stride: int = 4) -> np
     return pad
 
 
-def grid_cells(pixels: np.ndarray, stride: int = 4) -> np.ndarray:
+def grid_cells(pixels: np.ndarray, stride: int = MAP_STRIDE) -> np.ndarray:
     """The ``stride x stride`` cells of ``pixels [h * stride, w * stride]`` side by side: ``[h, w, stride**2]``."""
     h, w = pixels.shape[0] // stride, pixels.shape[1] // stride
     return pixels.reshape(h, stride, w, stride).transpose(0, 2, 1, 3).reshape(h, w, stride * stride)
+
+
+def mixed_cells(mask: np.ndarray, shape: tuple[int, int], stride: int = MAP_STRIDE) -> np.ndarray:
+    """Bool ``[h, w]``: the grid cells of ``mask`` (padded with void) that hold two labels -
+    object-background, class-class or void borders: the ground-truth boundary on the grid."""
+    cells = grid_cells(pad_to_grid(mask, shape, stride), stride)
+    return cells.min(axis=2) != cells.max(axis=2)
 
 
 def zones(mask: np.ndarray, band: int = 1) -> dict[str, np.ndarray]:

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-UNSURE = 255
+from sance_core.constants import IGNORE_INDEX
+
+UNSURE = IGNORE_INDEX
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
