@@ -1,0 +1,218 @@
+"""Object recall, precision and IoU of label maps, split by the demo objects' body kind.
+
+A diagnostic of issues 12 and 17 on the demo data: every demo object has a class-specific head
+and a body that is ``plain`` (the texture shared with other classes and background distractors:
+no class evidence), ``tinted`` (the class colour) or ``patterned`` (a faint class pattern)
+(``objects.tsv`` of ``sance demo-data``). Scoring a label map per body kind separates what a method
+recovers where the image holds class evidence from what it recovers where only the head does -
+the part-body border of the paper's Fig. 1.
+
+Objects are scored through their class's pixels of the mask, so an image counts for class ``c``
+only when all its objects of class ``c`` share one body kind (their pixels are then that kind's).
+For each body kind: recall (object pixels labelled ``c``), precision (pixels labelled ``c`` that
+are object pixels of ``c``; labels ``c`` anywhere in the image count) and IoU, over the split,
+void (255) ignored. Besides, the background pixels labelled as an object, in % of all background
+pixels, split into those within ``--near`` pixels of an object (bleed) and farther ones (false
+objects, flooded images). Sources are folders of PNG labels, of seed or pseudo-label shards, or a CAM
+shard folder (``<run>/cam``) thresholded as ``eval/cam.json`` does it
+(``cam_labels_at_thresholds``: arg-max of the present classes, background where none is above).
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/body_kind_scores.py resources/demo \
+        cam=results/demo/cam@0.1 seeds=results/demo/seeds irnet=results/demo/irnet/pseudo_labels/png \
+        sance=results/demo/sance/pseudo_labels/png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from sance_core.constants import IGNORE_INDEX
+from sance_core.eval.evaluation import cam_labels_at_thresholds
+from sance_core.io.store import ArtifactReader
+
+BODY_KINDS = ("plain", "tinted", "patterned")
+
+
+def read_objects(root: str) -> dict[str, dict[int, set[str]]]:
+    """``{image id: {class index: {body kinds of its objects of that class}}}`` from ``objects.tsv``."""
+    path = os.path.join(root, "objects.tsv")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: not found; this diagnostic needs the demo generator's objects.tsv")
+    out: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["body"] not in BODY_KINDS:
+                raise SystemExit(f"{path}: body {row['body']!r} of {row['id']} is not one of {BODY_KINDS}")
+            out[row["id"]][int(row["class"])].add(row["body"])
+    return out
+
+
+def count(mask: np.ndarray, label: np.ndarray, kinds: dict[int, set[str]]) -> dict[str, np.ndarray]:
+    """Per body kind ``[true positives, object pixels, labelled pixels]`` of one image.
+
+    ``mask`` and ``label`` ``[H, W]`` uint8 (255 void in ``mask``); ``kinds`` maps each class of the
+    image to the body kinds of its objects. Classes whose objects mix body kinds are left out.
+    """
+    valid = mask != IGNORE_INDEX
+    out: dict[str, np.ndarray] = {}
+    for cls, bodies in kinds.items():
+        if len(bodies) != 1:
+            continue
+        (kind,) = bodies
+        obj = (mask == cls) & valid
+        lab = (label == cls) & valid
+        out[kind] = out.get(kind, np.zeros(3, np.int64)) + [(obj & lab).sum(), obj.sum(), lab.sum()]
+    return out
+
+
+def false_positives(mask: np.ndarray, label: np.ndarray, near: float) -> np.ndarray:
+    """``[background px, labelled object within near px of an object, labelled object farther]`` of one image.
+
+    Background pixels of ``mask`` (0) that ``label`` calls an object class, split by their Euclidean
+    distance to the nearest object pixel of the mask (void counts as neither): the bleed of a map
+    around its objects against false objects elsewhere (distractors, a flooded image).
+    """
+    bg = mask == 0
+    obj = (mask > 0) & (mask != IGNORE_INDEX)
+    wrong = bg & (label > 0) & (label != IGNORE_INDEX)
+    if not obj.any():
+        return np.array([bg.sum(), 0, wrong.sum()], np.int64)
+    dist = ndimage.distance_transform_edt(~obj)
+    return np.array([bg.sum(), (wrong & (dist <= near)).sum(), (wrong & (dist > near)).sum()], np.int64)
+
+
+def scores(totals: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Recall, precision and IoU per body kind from summed counts."""
+    out = {}
+    for kind in BODY_KINDS:
+        if kind not in totals:
+            continue
+        tp, obj, lab = (int(v) for v in totals[kind])
+        out[kind] = {
+            "recall": tp / obj if obj else 0.0,
+            "precision": tp / lab if lab else 0.0,
+            "iou": tp / (obj + lab - tp) if obj + lab - tp else 0.0,
+            "object_pixels": obj,
+        }
+    return out
+
+
+def png_source(folder: str) -> Callable[[str], np.ndarray]:
+    """Label map of an image id from a folder of PNGs."""
+
+    def read(image_id: str) -> np.ndarray:
+        path = os.path.join(folder, f"{image_id}.png")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path}: not found (every image of the split needs a label map)")
+        return np.array(Image.open(path))
+
+    return read
+
+
+def cam_source(folder: str, threshold: float) -> Callable[[str], np.ndarray]:
+    """Label map of an image id from the CAM shards of a run (``<run>/cam/*.h5``)."""
+    readers = [ArtifactReader(p, expect_stage="cam") for p in sorted(glob.glob(os.path.join(folder, "*.h5")))]
+    if not readers:
+        raise SystemExit(f"{folder}: no CAM shards (*.h5)")
+    where = {i: r for r in readers for i in r.ids()}
+
+    def read(image_id: str) -> np.ndarray:
+        if image_id not in where:
+            raise SystemExit(f"{folder}: no CAM of {image_id}")
+        reader = where[image_id]
+        cam = reader.read(image_id, "cam")
+        keys = reader.image_attrs(image_id)["class_keys"]
+        (label,) = cam_labels_at_thresholds(cam, keys, [threshold])
+        return label
+
+    return read
+
+
+LABEL_DATASETS = {"seeds": "seed", "pseudo_labels": "label"}
+
+
+def shard_source(folder: str) -> Callable[[str], np.ndarray]:
+    """Label map of an image id from the seed or pseudo-label shards of a run (``<run>/seeds/*.h5``)."""
+    paths = sorted(glob.glob(os.path.join(folder, "*.h5")))
+    readers = [ArtifactReader(p) for p in paths]
+    stages = {r.attrs.get("stage") for r in readers}
+    if not readers or len(stages) != 1 or next(iter(stages)) not in LABEL_DATASETS:
+        found = sorted(map(str, stages))
+        raise SystemExit(f"{folder}: expected the shards of one of the stages {sorted(LABEL_DATASETS)}, found {found}")
+    dataset = LABEL_DATASETS[next(iter(stages))]
+    where = {i: r for r in readers for i in r.ids()}
+
+    def read(image_id: str) -> np.ndarray:
+        if image_id not in where:
+            raise SystemExit(f"{folder}: no label map of {image_id}")
+        return where[image_id].read(image_id, dataset)
+
+    return read
+
+
+def parse_source(spec: str) -> tuple[str, Callable[[str], np.ndarray]]:
+    """``name=folder``: PNG labels, or seed / pseudo-label shards; ``name=folder@threshold``: CAM shards."""
+    name, sep, where = spec.partition("=")
+    if not sep or not name or not where:
+        raise SystemExit(f"source {spec!r}: expected NAME=FOLDER or NAME=CAM_FOLDER@THRESHOLD")
+    if "@" in where:
+        folder, thr = where.rsplit("@", 1)
+        return name, cam_source(folder, float(thr))
+    if glob.glob(os.path.join(where, "*.h5")):
+        return name, shard_source(where)
+    return name, png_source(where)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="demo dataset root (VOC layout + objects.tsv)")
+    parser.add_argument("sources", nargs="+", help="NAME=PNG_FOLDER or NAME=CAM_FOLDER@THRESHOLD")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--mask-dir", default="SegmentationClass")
+    parser.add_argument(
+        "--near",
+        type=float,
+        default=6.0,
+        help="background labelled object within this many pixels of an object is bleed (6: 1.5 grid cells)",
+    )
+    args = parser.parse_args()
+    objects = read_objects(args.root)
+    ids = open(os.path.join(args.root, "ImageSets", "Segmentation", f"{args.split}.txt")).read().split()
+    sources = [parse_source(s) for s in args.sources]
+    result = {}
+    for name, read in sources:
+        totals: dict[str, np.ndarray] = {}
+        fp = np.zeros(3, np.int64)
+        for image_id in ids:
+            mask = np.array(Image.open(os.path.join(args.root, args.mask_dir, f"{image_id}.png")))
+            label = read(image_id)
+            for kind, c in count(mask, label, objects.get(image_id, {})).items():
+                totals[kind] = totals.get(kind, np.zeros(3, np.int64)) + c
+            fp += false_positives(mask, label, args.near)
+        result[name] = scores(totals)
+        result[name]["background_labelled_object"] = {
+            f"within_{args.near:g}px": float(fp[1] / max(fp[0], 1)),
+            "farther": float(fp[2] / max(fp[0], 1)),
+            "background_pixels": int(fp[0]),
+        }
+    print(json.dumps({"split": args.split, "images": len(ids), "scores": result}, indent=1))
+    for name, per_kind in result.items():
+        cells = "  ".join(
+            f"{k}: R {v['recall']:.3f} P {v['precision']:.3f} IoU {v['iou']:.3f}" for k, v in per_kind.items() if k in BODY_KINDS
+        )
+        near, far = list(per_kind["background_labelled_object"].values())[:2]
+        print(f"{name:12s} {cells}  | background as object: near {100 * near:.1f} %, farther {100 * far:.1f} %")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""benchmarks/body_kind_scores.py: label maps scored per demo body kind."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_benchmark
+
+
+def naive_counts(mask, label, kinds):
+    out = {}
+    for cls, bodies in kinds.items():
+        if len(bodies) != 1:
+            continue
+        kind = next(iter(bodies))
+        tp = obj = lab = 0
+        for y in range(mask.shape[0]):
+            for x in range(mask.shape[1]):
+                if mask[y, x] == 255:
+                    continue
+                o, p = mask[y, x] == cls, label[y, x] == cls
+                tp += o and p
+                obj += o
+                lab += p
+        prev = out.get(kind, [0, 0, 0])
+        out[kind] = [prev[0] + tp, prev[1] + obj, prev[2] + lab]
+    return out
+
+
+def test_counts_against_a_pixel_loop():
+    bk = load_benchmark("body_kind_scores")
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        mask = rng.integers(0, 4, (9, 11)).astype(np.uint8)
+        mask[rng.random(mask.shape) < 0.15] = 255
+        label = rng.integers(0, 4, mask.shape).astype(np.uint8)
+        kinds = {1: {"plain"}, 2: {"tinted"}, 3: {"plain", "patterned"}}
+        got = {k: list(map(int, v)) for k, v in bk.count(mask, label, kinds).items()}
+        assert got == naive_counts(mask, label, kinds)
+        assert "patterned" not in got  # class 3 mixes two body kinds: left out
+
+
+def test_scores_of_known_counts():
+    bk = load_benchmark("body_kind_scores")
+    s = bk.scores({"plain": np.array([30, 100, 60]), "tinted": np.array([0, 10, 0])})
+    assert s["plain"] == pytest.approx({"recall": 0.3, "precision": 0.5, "iou": 30 / 130, "object_pixels": 100})
+    assert s["tinted"]["precision"] == 0.0 and s["tinted"]["iou"] == 0.0
+    assert "patterned" not in s
+
+
+def write_root(root, ids, masks, rows):
+    (root / "SegmentationClass").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
+    for i, m in zip(ids, masks):
+        Image.fromarray(m).save(root / "SegmentationClass" / f"{i}.png")
+    header = "id\tclass\tpixels\textent\thead_pixels\tbody\thead_strength\tbody_strength\tseam\tsplit\n"
+    (root / "objects.tsv").write_text(header + "".join(f"{i}\t{c}\t1\t1\t1\t{b}\t0.5\t0\t0\t0\n" for i, c, b in rows))
+
+
+def test_main_scores_png_labels(tmp_path, monkeypatch, capsys):
+    bk = load_benchmark("body_kind_scores")
+    m1 = np.zeros((8, 8), np.uint8)
+    m1[2:6, 2:6] = 1  # 16 px of a plain-bodied class 1
+    m2 = np.zeros((8, 8), np.uint8)
+    m2[0:4, 0:8] = 2  # 32 px of a tinted class 2
+    write_root(tmp_path / "root", ["a", "b"], [m1, m2], [("a", 1, "plain"), ("b", 2, "tinted")])
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    l1 = np.zeros((8, 8), np.uint8)
+    l1[2:4, 2:6] = 1  # 8 of 16 object px, no false positives
+    l2 = np.full((8, 8), 2, np.uint8)  # all 32 object px and 32 background px
+    Image.fromarray(l1).save(labels / "a.png")
+    Image.fromarray(l2).save(labels / "b.png")
+    monkeypatch.setattr(sys, "argv", ["body_kind_scores", str(tmp_path / "root"), f"m={labels}"])
+    bk.main()
+    out = capsys.readouterr().out
+    result = json.loads(out[: out.rindex("}") + 1])
+    s = result["scores"]["m"]
+    assert s["plain"]["recall"] == 0.5 and s["plain"]["precision"] == 1.0
+    assert s["tinted"]["recall"] == 1.0 and s["tinted"]["precision"] == 0.5
+    assert result["images"] == 2
+    fp = s["background_labelled_object"]
+    assert fp == {"within_6px": 32 / 80, "farther": 0.0, "background_pixels": 80}
+
+
+def test_missing_objects_table_and_bad_source_are_named(tmp_path, monkeypatch):
+    bk = load_benchmark("body_kind_scores")
+    with pytest.raises(SystemExit, match="objects.tsv: not found"):
+        bk.read_objects(str(tmp_path))
+    with pytest.raises(SystemExit, match="expected NAME=FOLDER"):
+        bk.parse_source("no_equals_sign")
+
+
+def test_false_positives_split_by_distance():
+    bk = load_benchmark("body_kind_scores")
+    mask = np.zeros((1, 20), np.uint8)
+    mask[0, :3] = 1  # object at x = 0..2
+    mask[0, 19] = 255
+    label = np.ones((1, 20), np.uint8)  # everything labelled as class 1
+    label[0, 10] = 0
+    bg, near, far = bk.false_positives(mask, label, near=4)
+    assert bg == 16  # x = 3..18
+    assert near == 4  # x = 3..6: distance 1..4
+    assert far == 16 - 4 - 1  # x = 7..18 but not x = 10
+    assert list(bk.false_positives(np.zeros((3, 3), np.uint8), np.ones((3, 3), np.uint8), 4)) == [9, 0, 9]
