@@ -33,12 +33,13 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from sance_core.constants import IGNORE_INDEX
 from sance_core.eval.evaluation import cam_labels_at_thresholds
-from sance_core.io.store import ArtifactReader
+from sance_core.io.images import read_id_list
+from sance_core.io.palette import read_label_png
+from sance_core.io.store import open_shards
 
 BODY_KINDS = ("plain", "tinted", "patterned")
 
@@ -75,19 +76,26 @@ def count(mask: np.ndarray, label: np.ndarray, kinds: dict[int, set[str]]) -> di
     return out
 
 
-def false_positives(mask: np.ndarray, label: np.ndarray, near: float) -> np.ndarray:
+def object_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance ``[H, W]`` of every pixel to the nearest object pixel of ``mask`` (inf without objects)."""
+    obj = (mask > 0) & (mask != IGNORE_INDEX)
+    if not obj.any():
+        return np.full(mask.shape, np.inf)
+    return ndimage.distance_transform_edt(~obj)
+
+
+def false_positives(mask: np.ndarray, label: np.ndarray, near: float, dist: np.ndarray | None = None) -> np.ndarray:
     """``[background px, labelled object within near px of an object, labelled object farther]`` of one image.
 
     Background pixels of ``mask`` (0) that ``label`` calls an object class, split by their Euclidean
     distance to the nearest object pixel of the mask (void counts as neither): the bleed of a map
-    around its objects against false objects elsewhere (distractors, a flooded image).
+    around its objects against false objects elsewhere (distractors, a flooded image). ``dist``:
+    :func:`object_distance` of ``mask``, when the caller scores several labels of one mask.
     """
+    if dist is None:
+        dist = object_distance(mask)
     bg = mask == 0
-    obj = (mask > 0) & (mask != IGNORE_INDEX)
     wrong = bg & (label > 0) & (label != IGNORE_INDEX)
-    if not obj.any():
-        return np.array([bg.sum(), 0, wrong.sum()], np.int64)
-    dist = ndimage.distance_transform_edt(~obj)
     return np.array([bg.sum(), (wrong & (dist <= near)).sum(), (wrong & (dist > near)).sum()], np.int64)
 
 
@@ -114,17 +122,16 @@ def png_source(folder: str) -> Callable[[str], np.ndarray]:
         path = os.path.join(folder, f"{image_id}.png")
         if not os.path.exists(path):
             raise SystemExit(f"{path}: not found (every image of the split needs a label map)")
-        return np.array(Image.open(path))
+        return read_label_png(path)
 
     return read
 
 
 def cam_source(folder: str, threshold: float) -> Callable[[str], np.ndarray]:
     """Label map of an image id from the CAM shards of a run (``<run>/cam/*.h5``)."""
-    readers = [ArtifactReader(p, expect_stage="cam") for p in sorted(glob.glob(os.path.join(folder, "*.h5")))]
-    if not readers:
+    where = open_shards(sorted(glob.glob(os.path.join(folder, "*.h5"))), expect_stage="cam")
+    if not where:
         raise SystemExit(f"{folder}: no CAM shards (*.h5)")
-    where = {i: r for r in readers for i in r.ids()}
 
     def read(image_id: str) -> np.ndarray:
         if image_id not in where:
@@ -143,14 +150,12 @@ LABEL_DATASETS = {"seeds": "seed", "pseudo_labels": "label"}
 
 def shard_source(folder: str) -> Callable[[str], np.ndarray]:
     """Label map of an image id from the seed or pseudo-label shards of a run (``<run>/seeds/*.h5``)."""
-    paths = sorted(glob.glob(os.path.join(folder, "*.h5")))
-    readers = [ArtifactReader(p) for p in paths]
-    stages = {r.attrs.get("stage") for r in readers}
-    if not readers or len(stages) != 1 or next(iter(stages)) not in LABEL_DATASETS:
+    where = open_shards(sorted(glob.glob(os.path.join(folder, "*.h5"))))
+    stages = {r.attrs.get("stage") for r in where.values()}
+    if len(stages) != 1 or next(iter(stages)) not in LABEL_DATASETS:
         found = sorted(map(str, stages))
         raise SystemExit(f"{folder}: expected the shards of one of the stages {sorted(LABEL_DATASETS)}, found {found}")
     dataset = LABEL_DATASETS[next(iter(stages))]
-    where = {i: r for r in readers for i in r.ids()}
 
     def read(image_id: str) -> np.ndarray:
         if image_id not in where:
@@ -187,31 +192,35 @@ def main() -> None:
     )
     args = parser.parse_args()
     objects = read_objects(args.root)
-    ids = open(os.path.join(args.root, "ImageSets", "Segmentation", f"{args.split}.txt")).read().split()
-    sources = [parse_source(s) for s in args.sources]
-    result = {}
-    for name, read in sources:
-        totals: dict[str, np.ndarray] = {}
-        fp = np.zeros(3, np.int64)
-        for image_id in ids:
-            mask = np.array(Image.open(os.path.join(args.root, args.mask_dir, f"{image_id}.png")))
+    ids = read_id_list(os.path.join(args.root, "ImageSets", "Segmentation", f"{args.split}.txt"))
+    sources = dict(parse_source(s) for s in args.sources)
+    totals: dict[str, dict[str, np.ndarray]] = {name: {} for name in sources}
+    fp = {name: np.zeros(3, np.int64) for name in sources}
+    for image_id in ids:  # each mask and its distance map once, for every source
+        mask = read_label_png(os.path.join(args.root, args.mask_dir, f"{image_id}.png"))
+        dist = object_distance(mask)
+        for name, read in sources.items():
             label = read(image_id)
             for kind, c in count(mask, label, objects.get(image_id, {})).items():
-                totals[kind] = totals.get(kind, np.zeros(3, np.int64)) + c
-            fp += false_positives(mask, label, args.near)
-        result[name] = scores(totals)
+                totals[name][kind] = totals[name].get(kind, np.zeros(3, np.int64)) + c
+            fp[name] += false_positives(mask, label, args.near, dist)
+    near_key = f"within_{args.near:g}px"
+    result = {}
+    for name in sources:
+        bg, near, far = (int(v) for v in fp[name])
+        result[name] = scores(totals[name])
         result[name]["background_labelled_object"] = {
-            f"within_{args.near:g}px": float(fp[1] / max(fp[0], 1)),
-            "farther": float(fp[2] / max(fp[0], 1)),
-            "background_pixels": int(fp[0]),
+            near_key: near / max(bg, 1),
+            "farther": far / max(bg, 1),
+            "background_pixels": bg,
         }
     print(json.dumps({"split": args.split, "images": len(ids), "scores": result}, indent=1))
     for name, per_kind in result.items():
         cells = "  ".join(
             f"{k}: R {v['recall']:.3f} P {v['precision']:.3f} IoU {v['iou']:.3f}" for k, v in per_kind.items() if k in BODY_KINDS
         )
-        near, far = list(per_kind["background_labelled_object"].values())[:2]
-        print(f"{name:12s} {cells}  | background as object: near {100 * near:.1f} %, farther {100 * far:.1f} %")
+        bg = per_kind["background_labelled_object"]
+        print(f"{name:12s} {cells}  | background as object: near {100 * bg[near_key]:.1f} %, farther {100 * bg['farther']:.1f} %")
 
 
 if __name__ == "__main__":
