@@ -103,6 +103,27 @@ def test_saliency_refine_and_valid_mask():
     assert (t["yr"][0, 0] == 255).all() and (t["yb"][0, 0] == 255).all()
 
 
+def test_seed_background_keeps_online_background_only_where_the_seeds_say_background():
+    probs, contour = _two_regions()  # Y^b: class 1 on cols < 6, background from col 7
+    seeds = torch.full((1, 8, 12), 255, dtype=torch.long)
+    seeds[0, :, 10:] = 0  # seeded background on the far right only
+    seeds[0, 0, :3] = 1
+    tags = torch.tensor([[True, False]])
+    cfg = _cfg(mode="sance_naive", online={"seed_background": ["contour"]})
+    t = online_targets(cfg, probs, contour, tags, seeds=seeds)
+    yb = t["yb"][0]
+    expect = torch.where((yb == 0) & (seeds[0] != 0), torch.full_like(yb, 255), yb)
+    assert torch.equal(t["contour"][0], expect)
+    assert (t["contour"][0, :, 10:] == 0).all() and (t["contour"][0, :, 7:10] == 255).all()
+    assert (t["contour"][0, :, :6] == 1).all()  # foreground of Y^b stays, over unsure seeds too
+    assert torch.equal(t["seg"], t["yb"])  # the branch not listed keeps Eq. (7)
+    both = online_targets(_cfg(mode="sance_naive", online={"seed_background": ["contour", "seg"]}),
+                          probs, contour, tags, seeds=seeds)
+    assert torch.equal(both["seg"], both["contour"])
+    with pytest.raises(ValueError, match="seed_background"):
+        online_targets(cfg, probs, contour, tags)  # the seeds of the region are needed
+
+
 def test_crop_regions_slices_per_sample_and_keeps_gradients():
     x = torch.arange(2 * 6 * 6, dtype=torch.float32).reshape(2, 6, 6).requires_grad_()
     rects = torch.tensor([[0, 1, 2, 3], [4, 3, 2, 3]])
@@ -148,6 +169,28 @@ def test_online_losses_act_only_inside_the_pasted_rectangle():
     assert set(terms) == {"cam_contour", "cam_seg"}
     _, terms, _ = compute_losses(_cfg(mode="irnet"), {"contour": out["contour"]}, batch, online_on=True)
     assert set(terms) == {"cam_contour"}
+
+
+def test_seed_background_takes_the_seeds_of_the_pasted_rectangle():
+    from sance_core.ops.losses import contour_loss
+    batch = _batch()
+    online_seed = torch.full((2, 8, 8), 255, dtype=torch.long)
+    online_seed[0, 0:2, 0:4] = 0
+    online_seed[1, 4:8, 4:6] = 0
+    batch["online_seed"] = online_seed
+    g = torch.Generator().manual_seed(1)
+    out = {"contour": torch.randn(2, 1, 8, 8, generator=g), "seg": torch.randn(2, 3, 8, 8, generator=g) * 3}
+    cfg = _cfg(mode="sance_naive", online={"seed_background": ["contour"]})
+    _, terms, _ = compute_losses(cfg, out, batch, online_on=True)
+    rects = batch["rect"]
+    c_r = crop_regions(torch.sigmoid(out["contour"][:, 0]), rects)
+    probs = torch.softmax(crop_regions(out["seg"], rects), dim=1)
+    want = online_targets(cfg, probs, c_r, batch["tags"], seeds=crop_regions(online_seed, rects))
+    assert (want["contour"] == 255).any() and not torch.equal(want["contour"], want["yb"])
+    assert torch.allclose(terms["online_contour"], contour_loss(c_r, want["contour"], cfg.contour_radius))
+    _, paper, _ = compute_losses(_cfg(mode="sance_naive"), out, batch, online_on=True)
+    assert not torch.allclose(paper["online_contour"], terms["online_contour"])
+    assert torch.allclose(paper["online_seg"], terms["online_seg"])  # seg not listed: Eq. (7) as before
 
 
 @pytest.mark.parametrize("mode", ["irnet", "sance"])
@@ -204,6 +247,17 @@ def test_dataset_pastes_a_grid_aligned_rectangle_with_ignored_seeds(tmp_path):
     assert plain["rect"].tolist() == [0, 0, 8, 8]
     again = data[(0, 123, 16, 12)]
     assert torch.equal(again["image"], sample["image"])  # the key fixes the augmentation
+    assert "online_seed" not in sample
+    cfg_sb = _cfg(dataset=ds, mode="sance_naive", online={"seed_background": ["contour"]})
+    with_seeds = SanceData(cfg_sb, ids, tags, [str(seeds)])[(0, 123, 16, 12)]
+    assert torch.equal(with_seeds["image"], sample["image"])  # same augmentation with the extra map
+    inside = with_seeds["online_seed"][y:y + h, x:x + w]
+    assert (inside != 255).any()  # the raw seeds pasted into the rectangle, not the ignored ones
+    out = with_seeds["online_seed"].clone()
+    out[y:y + h, x:x + w] = with_seeds["seed"][y:y + h, x:x + w]
+    assert torch.equal(out, with_seeds["seed"])  # outside the rectangle: the crop's seeds
+    plain_sb = SanceData(cfg_sb, ids, tags, [str(seeds)])[(0, 123, 0, 0)]
+    assert torch.equal(plain_sb["online_seed"], plain_sb["seed"])
 
 
 def test_training_resumes_to_the_same_weights(tmp_path):
@@ -227,6 +281,8 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     ({"online": {"warmup": 1.5}}, "warmup"),
     ({"paste": {"seeds": "drop"}}, "seeds"),
     ({"grad_clip": -1.0}, "grad_clip"),
+    ({"online": {"seed_background": ["edges"]}}, "seed_background"),
+    ({"online": {"seed_background": ["seg", "seg"]}}, "seed_background"),
 ])
 def test_config_errors_name_the_key(override, key):
     with pytest.raises((ConfigError, ValueError), match=key):

@@ -81,6 +81,7 @@ __all__ = ["MODES", "ModeSpec", "SanceConfig", "OnlineConfig", "LossWeights", "t
            "model_config", "online_targets", "crop_regions"]
 
 REFINE_SOURCES = ("crf", "saliency")
+ONLINE_BRANCHES = ("contour", "seg")  # the branches an online label supervises
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,9 @@ class OnlineConfig:
     refine: str = "crf"  # Eq. (8) reference: "crf" (dense CRF of M) or "saliency"
     refine_contour: bool = True  # Table 4's best: refine the contour branch's online label only
     refine_seg: bool = False
+    # branches whose online label keeps background only where the CAM seed is background (elsewhere
+    # unsure, 255); () = the paper's Eq. (7), background wherever M^b stays below tau_b
+    seed_background: tuple[str, ...] = ()
     saliency_dir: str | None = None  # <root-relative or absolute folder>/<id>.png, 0 = background
     saliency_threshold: int = 128  # saliency >= threshold is foreground
     crf: CRFConfig = field(default_factory=_refine_crf_default)
@@ -153,6 +157,10 @@ class OnlineConfig:
             raise ValueError(f"online.warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
         if self.refine not in REFINE_SOURCES:
             raise ValueError(f"online.refine must be one of {REFINE_SOURCES}, got {self.refine!r}")
+        unknown = [b for b in self.seed_background if b not in ONLINE_BRANCHES]
+        if unknown or len(set(self.seed_background)) != len(self.seed_background):
+            raise ValueError(f"online.seed_background lists branches, each once, out of {ONLINE_BRANCHES}; "
+                             f"got {list(self.seed_background)}")
         if self.refine == "saliency" and not self.saliency_dir:
             raise ValueError("online.refine is 'saliency' but online.saliency_dir is not set")
 
@@ -265,13 +273,16 @@ class SanceData(Dataset):
         use_sal = cfg.spec.refine and cfg.online.refine == "saliency"
         if use_sal:
             maps.append(self._saliency(image_id, image.shape[:2]))
+        seed_bg = bool(cfg.online.seed_background) and cfg.spec.online
+        if seed_bg and rect_h > 0:
+            maps.append(seed)  # the raw seeds pasted into the rectangle: the online region's seeds
         rng = np.random.default_rng(sample_seed)
         crop, crops, valid = random_scale_flip_crop(image, maps, rng, cfg.crop_size, tuple(cfg.scale_range))
         s = cfg.crop_size
         if rect_h > 0:
             rect = sample_rect(rng, s, (rect_h, rect_w), cfg.paste.align)
             patch = sample_patch(rng, image.shape[:2], (rect_h, rect_w), tuple(cfg.paste.patch_scale))
-            modes = [cfg.paste.seeds] + ["paste"] * (len(maps) - 1)
+            modes = [cfg.paste.seeds] + ["paste"] * (len(maps) - 1)  # saliency, online-region seeds
             crop, crops = paste_patch(crop, crops, image, maps, patch, rect, modes)
             valid = valid.copy()
             valid[rect.slices()] = True
@@ -290,6 +301,9 @@ class SanceData(Dataset):
         if use_sal:
             sal4 = resize_label(crops[1], (s4, s4)).astype(np.int64)
             sample["saliency"] = torch.from_numpy(sal4)  # 255 outside the image
+        if seed_bg:  # seeds of the online region, on the maps' grid (the crop's own seeds without paste)
+            sample["online_seed"] = (torch.from_numpy(resize_label(crops[-1], (s4, s4)).astype(np.int64))
+                                     if rect_h > 0 else sample["seed"])
         return sample
 
 
@@ -356,11 +370,14 @@ def online_targets(
     small: torch.Tensor | None = None,
     saliency: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Online labels of one batch region (no gradients): ``Y^b`` and, with refine, ``Y^r``.
 
     Returns ``{"contour": labels for the contour loss, "seg": labels for the segmentation
-    loss, "yb": Y^b, "yr": Y^r or Y^b}``; pixels outside ``valid`` are 255.
+    loss, "yb": Y^b, "yr": Y^r or Y^b}``; pixels outside ``valid`` are 255.  For the branches
+    in ``online.seed_background``, background of the label is kept only where ``seeds``
+    (the CAM seeds of the region, ``[B, h, w]``) is background; elsewhere it becomes 255.
     """
     on = cfg.online
     with torch.no_grad():
@@ -382,12 +399,16 @@ def online_targets(
             fill = torch.full_like(yb, IGNORE_INDEX)
             yb = torch.where(valid, yb, fill)
             yr = torch.where(valid, yr, fill)
-        return {
-            "contour": yr if on.refine_contour else yb,
-            "seg": yr if on.refine_seg else yb,
-            "yb": yb,
-            "yr": yr,
-        }
+        out = {"contour": yr if on.refine_contour else yb, "seg": yr if on.refine_seg else yb}
+        if on.seed_background:
+            if seeds is None:
+                raise ValueError("online.seed_background needs the CAM seeds of the online region")
+            seeds = seeds.to(yb.device).reshape(yb.shape)
+            unsure = seeds != 0
+            for branch in on.seed_background:
+                t = out[branch]
+                out[branch] = torch.where((t == 0) & unsure, torch.full_like(t, IGNORE_INDEX), t)
+        return {**out, "yb": yb, "yr": yr}
 
 
 # --------------------------------------------------------------------------- training
@@ -458,11 +479,13 @@ def compute_losses(
             c_r, s_r = crop_regions(contour, rects), crop_regions(seg, rects)
             small = crop_regions(batch["small"].permute(0, 3, 1, 2), rects).permute(0, 2, 3, 1).contiguous()
             sal = crop_regions(batch["saliency"], rects) if "saliency" in batch else None
+            seeds = crop_regions(batch["online_seed"], rects) if "online_seed" in batch else None
             valid = None
         else:
             c_r, s_r, small, sal, valid = contour, seg, batch["small"], batch.get("saliency"), batch["valid"]
+            seeds = batch.get("online_seed")
         probs = torch.softmax(s_r.detach(), dim=1)
-        targets = online_targets(cfg, probs, c_r.detach(), batch["tags"], small.cpu(), sal, valid)
+        targets = online_targets(cfg, probs, c_r.detach(), batch["tags"], small.cpu(), sal, valid, seeds)
         terms["online_contour"] = contour_loss(c_r, targets["contour"], cfg.contour_radius, cfg.contour_power)
         terms["online_seg"] = segmentation_loss(s_r, targets["seg"])
         yb, yr = targets["yb"], targets["yr"]
