@@ -54,7 +54,7 @@ NOT_IN_SECTION = {"dataset", "split", "mode", "seed", "device", "workers", "resu
                   # Fig. 5's synthesis settings: the workflow fills them from the mode and pseudo_labels
                   "sance.epoch_eval.map", "sance.epoch_eval.scale", "sance.epoch_eval.radius",
                   "sance.epoch_eval.beta", "sance.epoch_eval.exp_times", "sance.epoch_eval.tau_b",
-                  "sance.epoch_eval.normalize_seg"}
+                  "sance.epoch_eval.normalize_seg", "sance.epoch_eval.seg_background"}
 
 
 def schema(section: str) -> dict:

@@ -72,6 +72,40 @@ def test_seg_probabilities_are_compared_with_tau_b_unless_normalised():
     assert (synthesize_label(scores, [3], contour, (16, 16), exp_times=0, normalize=True) == 3).all()
 
 
+def test_own_background_plane_replaces_tau_b():
+    # a weak class: above tau_b after max-normalisation, below the map's own background plane
+    scores = np.full((1, 4, 6), 0.3, np.float32)
+    scores[0, :, :2] = 0.9
+    background = 1.0 - scores[0]
+    contour = np.zeros((4, 6), np.float32)
+    assert (synthesize_label(scores, [4], contour, (16, 24), exp_times=0) == 4).all()  # Eq. (7)
+    own = synthesize_label(scores, [4], contour, (16, 24), exp_times=0, background=background)
+    naive = np.zeros((16, 24), np.uint8)
+    for y in range(16):  # x4 upsampling of a map constant per 4x4 cell column block, arg-max per pixel
+        for x in range(24):
+            naive[y, x] = 4 if scores[0, y // 4, x // 4] > background[y // 4, x // 4] else 0
+    assert np.array_equal(own[:, :6], naive[:, :6]) and np.array_equal(own[:, 10:], naive[:, 10:])
+    assert (own[:, :6] == 4).all() and (own[:, 10:] == 0).all()
+    with pytest.raises(ValueError, match="background plane"):
+        synthesize_label(scores, [4], contour, (16, 24), background=np.zeros((4, 5), np.float32))
+
+
+def test_own_background_plane_is_propagated_with_the_classes():
+    # background strong on the right half, class 2 strong on the left; a closed contour column between:
+    # the propagation keeps each side its own, and the keys map channel k to its class id
+    h4, w4 = 6, 10
+    contour = np.zeros((h4, w4), np.float32)
+    contour[:, 5] = 1.0
+    bg = np.zeros((h4, w4), np.float32)
+    bg[:, 6:] = 0.8
+    scores = np.zeros((2, h4, w4), np.float32)
+    scores[0, 2:4, 1:3] = 0.9  # class 2: a spot on the left only
+    scores[1, :, 6:] = 0.2  # class 7: weak everywhere on the right
+    label = synthesize_label(scores, [2, 7], contour, (24, 40), radius=3, exp_times=4, background=bg)
+    assert (label[:, 24:] == 0).all()  # the right's own background wins over class 7
+    assert (label[:, :16] == 2).mean() > 0.9  # the spot spread over its side
+
+
 def test_no_present_class_gives_background_and_bad_shapes_fail():
     assert (synthesize_label(np.zeros((0, 3, 3)), [], np.zeros((3, 3)), (10, 12)) == 0).all()
     with pytest.raises(ValueError, match="disagree"):
@@ -166,6 +200,18 @@ def test_stages_write_maps_labels_pngs_and_evaluation(trained):
     assert set(saved["iou"]) == set(CLASSES) and saved["miou"] == pytest.approx(result["miou"])
     with pytest.raises(Exception, match="tau_b"):
         run_eval(from_dict(EvalConfig, {"dataset": ds, "tau_b": 0.25}), {"labels": [str(labels)], **common}, out)
+    own = tmp / "labels_own.h5"
+    run_make_pseudo_labels(from_dict(PseudoLabelConfig, {"dataset": ds, "mode": "sance", "seg_background": "map"}),
+                           {"maps": str(maps), **common}, {"labels": str(own)})
+    with ArtifactReader(own, expect_stage="pseudo_labels") as r, ArtifactReader(maps) as m:
+        assert r.attrs["seg_background"] == "map"
+        for image_id in ids:
+            keys = [int(k) for k in m.image_attrs(image_id)["class_keys"][1:]]
+            want = synthesize_label(read_seg(m, image_id, keys), keys, m.read(image_id, "contour"),
+                                    masks[image_id].shape, background=read_seg(m, image_id, [0])[0])
+            assert np.array_equal(r.read(image_id, "label"), want)
+    with pytest.raises(ValueError, match="seg_background"):
+        from_dict(PseudoLabelConfig, {"dataset": ds, "seg_background": "crf"})
 
 
 def test_present_planes_and_reading_old_all_class_maps(tmp_path):

@@ -353,8 +353,9 @@ def _schema_properties(schema: dict, prefix: str = "") -> list[tuple[str, dict]]
     return out
 
 
-# arrays that may be empty on purpose: "no ids" = the first n_ids; no modes of one kind
-MAY_BE_EMPTY = {"report.ids.train", "report.ids.val", "modes", "segmentation.modes"}
+# arrays that may be empty on purpose: "no ids" = the first n_ids; no modes of one kind; no branch
+# whose online label takes its background from the seeds (the paper's Eq. 7)
+MAY_BE_EMPTY = {"report.ids.train", "report.ids.val", "modes", "segmentation.modes", "sance.online.seed_background"}
 
 
 def test_every_schema_key_has_a_default_a_description_and_bounds():

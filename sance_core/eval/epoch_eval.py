@@ -40,12 +40,15 @@ class EpochEvalConfig:
     exp_times: int = 8
     tau_b: float = 0.25
     normalize_seg: bool = True
+    seg_background: str = "tau_b"
 
     def __post_init__(self) -> None:
         if self.images < 0:
             raise ValueError(f"sance.epoch_eval.images must be >= 0, got {self.images}")
         if self.map not in ("seg", "cam"):
             raise ValueError(f"sance.epoch_eval.map must be one of seg, cam; got {self.map!r}")
+        if self.seg_background not in ("tau_b", "map"):
+            raise ValueError(f"sance.epoch_eval.seg_background must be one of tau_b, map; got {self.seg_background!r}")
         if self.scale <= 0:
             raise ValueError(f"sance.epoch_eval.scale must be > 0, got {self.scale}")
 
@@ -88,13 +91,15 @@ class EpochEvaluator:
         try:
             for image, mask, scores, keys in self.samples:
                 contour, seg = predict_maps(model, image, (cfg.scale,), flip=False, device=device)
+                background = None
                 if scores is None:
                     if seg is None:
                         raise ValueError("map 'seg' needs a model with a segmentation branch")
                     scores = seg[keys]
+                    background = seg[0] if cfg.seg_background == "map" else None
                 label = synthesize_label(scores.reshape(len(keys), *contour.shape), keys, contour, mask.shape,
                                          cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b,
-                                         normalize=cfg.map == "cam" or cfg.normalize_seg)
+                                         normalize=cfg.map == "cam" or cfg.normalize_seg, background=background)
                 cm.update(label, mask)
         finally:
             model.train(was_training)

@@ -49,12 +49,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAP_SOURCES", "MapsConfig", "PseudoLabelConfig", "ExportConfig", "EvalConfig",
+    "MAP_SOURCES", "SEG_BACKGROUNDS", "MapsConfig", "PseudoLabelConfig", "ExportConfig", "EvalConfig",
     "predict_maps", "present_planes", "read_seg", "synthesize_label", "run_infer_maps", "run_make_pseudo_labels",
     "run_export_pngs", "run_eval",
 ]
 
 MAP_SOURCES = ("seg", "cam")
+# background of a segmentation map in stage 6: the constant tau_b (Eq. 7) or the map's own propagated plane
+SEG_BACKGROUNDS = ("tau_b", "map")
 
 
 # --------------------------------------------------------------------------- stage: infer_maps
@@ -222,11 +224,14 @@ class PseudoLabelConfig:
     exp_times: int = 8
     tau_b: float = 0.25  # background constant; the paper gives no value (IRNet: 0.25)
     normalize_seg: bool = True  # divide propagated seg scores by their global max (CAMs always are, as IRNet)
+    seg_background: str = "tau_b"  # "tau_b" (Eq. 7) or "map": the seg map's own background plane, propagated
     compression: str = "gzip"
 
     def __post_init__(self) -> None:
         if self.map not in MAP_SOURCES:
             raise ValueError(f"map must be one of {MAP_SOURCES}, got {self.map!r}")
+        if self.seg_background not in SEG_BACKGROUNDS:
+            raise ValueError(f"seg_background must be one of {SEG_BACKGROUNDS}, got {self.seg_background!r}")
         if self.radius < 2 or self.exp_times < 0 or self.beta < 0:
             raise ValueError("need radius >= 2, exp_times >= 0 and beta >= 0")
         if not 0 < self.tau_b < 1:
@@ -235,13 +240,17 @@ class PseudoLabelConfig:
 
 def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarray, size: tuple[int, int],
                      radius: int = 5, beta: float = 10.0, exp_times: int = 8, tau_b: float = 0.25,
-                     normalize: bool = True) -> np.ndarray:
+                     normalize: bool = True, background: np.ndarray | None = None) -> np.ndarray:
     """Pseudo label ``[H, W]`` uint8 from present-class scores ``[K, h4, w4]`` and a contour ``[h4, w4]``.
 
     Propagate, upsample x4 (bilinear, cropped to ``size``), divide by the global maximum
     (``normalize``; IRNet's recipe for CAMs, whose scale is arbitrary — softmax maps are
     probabilities already), put the constant ``tau_b`` in front as background, arg-max, map
     channel k to ``keys[k]``.
+
+    ``background`` (``[h4, w4]``, a segmentation map's background plane) replaces Eq. (7)'s
+    constant: it is propagated with the class planes and the arg-max runs over all of them,
+    without ``tau_b`` and without normalisation (``pseudo_labels.seg_background: map``).
     """
     scores = np.asarray(scores, dtype=np.float32)
     contour = np.asarray(contour, dtype=np.float32)
@@ -252,6 +261,10 @@ def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarra
     h, w = size
     if contour.shape[0] * MAP_STRIDE < h or contour.shape[1] * MAP_STRIDE < w:
         raise ValueError(f"maps {contour.shape} do not cover an image of {size} at stride {MAP_STRIDE}")
+    if background is not None:
+        background = np.asarray(background, dtype=np.float32)
+        if background.shape != contour.shape:
+            raise ValueError(f"background plane {background.shape} and contour {contour.shape} disagree")
     if scores.shape[0] == 0:
         return np.zeros((h, w), dtype=np.uint8)
     import torch
@@ -260,8 +273,12 @@ def synthesize_label(scores: np.ndarray, keys: Sequence[int], contour: np.ndarra
     from sance_core.ops.online_labels import scores_to_label
     from sance_core.ops.propagation import propagate
 
-    prop = propagate(torch.from_numpy(scores), torch.from_numpy(contour).clamp(0, 1), radius, beta, exp_times)
+    planes = scores if background is None else np.concatenate([background[None], scores])
+    prop = propagate(torch.from_numpy(planes), torch.from_numpy(contour).clamp(0, 1), radius, beta, exp_times)
     up = F.interpolate(prop[None], scale_factor=MAP_STRIDE, mode="bilinear", align_corners=False)[0, :, :h, :w]
+    if background is not None:
+        table = np.asarray([0, *keys], dtype=np.uint8)
+        return table[up.argmax(dim=0).numpy()]
     label = scores_to_label(up, tau_b, keys=torch.as_tensor(list(keys), dtype=torch.long), normalize=normalize)
     return label.numpy().astype(np.uint8)
 
@@ -283,7 +300,9 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
     log.info("pseudo labels of %d images from the %s map (mode %s, radius %d, beta %g, t %d, tau_b %g)",
              len(ids), cfg.map, cfg.mode, cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b)
     normalize = cfg.map == "cam" or cfg.normalize_seg  # CAMs have no scale of their own: always normalised
-    attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b, "normalize": normalize}
+    own_background = cfg.map == "seg" and cfg.seg_background == "map"  # CAMs have no background plane
+    attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b, "normalize": normalize,
+             "seg_background": cfg.seg_background if cfg.map == "seg" else "tau_b"}
     with ArtifactWriter(outputs["labels"], stage="pseudo_labels", config=cfg, compression=cfg.compression,
                         attrs=attrs) as writer:
         for image_id in tqdm(ids, desc=f"pseudo[{cfg.mode}]", unit="img", mininterval=5):
@@ -298,11 +317,12 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
                                         "segmentation branch needs map: cam)")
                 keys = [int(k) for k in tags[image_id]]
                 scores = read_seg(maps, image_id, keys)
+            background = read_seg(maps, image_id, [0])[0] if own_background else None
             if scores.shape[1:] != contour.shape:
                 raise ArtifactError(f"{image_id}: score map {scores.shape[1:]} and contour {contour.shape} differ")
             label = synthesize_label(scores.reshape(len(keys), *contour.shape), keys, contour, size,
                                      cfg.radius, cfg.beta, cfg.exp_times, cfg.tau_b,
-                                     normalize=normalize)
+                                     normalize=normalize, background=background)
             writer.add(image_id, {"label": label}, {"size": list(size), "tau_b": cfg.tau_b})
     maps.close()
     if cams is not None:

@@ -329,7 +329,7 @@ def sance_train_params(mode):
             "images": s["epoch_eval"]["images"],
             "map": settings["map"],
             "scale": p["scales"][0],
-            **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg")},
+            **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg", "seg_background")},
         }
     mode = settings["base"]
     if mode == "irnet":  # contour branch and CAM seeds only
@@ -385,7 +385,7 @@ def make_pseudo_labels_params(mode):
         "mode": mode,
         "split": config["data"]["train_split"],
         "map": pseudo_label_map(mode),
-        **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg")},
+        **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg", "seg_background")},
         "compression": config["artifacts"]["compression"],
     }
 
