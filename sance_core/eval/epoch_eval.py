@@ -23,6 +23,7 @@ import torch
 from sance_core.data.dataset import DatasetSpec, load_sample
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.store import open_shards
+from sance_core.stages.pseudo_labels import MAP_SOURCES, SEG_BACKGROUNDS, predict_maps, synthesize_label
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ class EpochEvalConfig:
     def __post_init__(self) -> None:
         if self.images < 0:
             raise ValueError(f"sance.epoch_eval.images must be >= 0, got {self.images}")
-        if self.map not in ("seg", "cam"):
-            raise ValueError(f"sance.epoch_eval.map must be one of seg, cam; got {self.map!r}")
-        if self.seg_background not in ("tau_b", "map"):
-            raise ValueError(f"sance.epoch_eval.seg_background must be one of tau_b, map; got {self.seg_background!r}")
+        if self.map not in MAP_SOURCES:
+            raise ValueError(f"sance.epoch_eval.map must be one of {', '.join(MAP_SOURCES)}; got {self.map!r}")
+        if self.seg_background not in SEG_BACKGROUNDS:
+            raise ValueError(f"sance.epoch_eval.seg_background must be one of {', '.join(SEG_BACKGROUNDS)}; "
+                             f"got {self.seg_background!r}")
         if self.scale <= 0:
             raise ValueError(f"sance.epoch_eval.scale must be > 0, got {self.scale}")
 
@@ -81,8 +83,6 @@ class EpochEvaluator:
             self.samples.append((image, mask, scores, keys))
 
     def __call__(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        from sance_core.stages.pseudo_labels import predict_maps, synthesize_label
-
         cfg = self.cfg
         was_training = model.training
         model.eval()

@@ -302,12 +302,13 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
     normalize = cfg.map == "cam" or cfg.normalize_seg  # CAMs have no scale of their own: always normalised
     own_background = cfg.map == "seg" and cfg.seg_background == "map"  # CAMs have no background plane
     attrs = {"mode": cfg.mode, "map": cfg.map, "tau_b": cfg.tau_b, "normalize": normalize,
-             "seg_background": cfg.seg_background if cfg.map == "seg" else "tau_b"}
+             "seg_background": "map" if own_background else "tau_b"}
     with ArtifactWriter(outputs["labels"], stage="pseudo_labels", config=cfg, compression=cfg.compression,
                         attrs=attrs) as writer:
         for image_id in tqdm(ids, desc=f"pseudo[{cfg.mode}]", unit="img", mininterval=5):
             size = tuple(int(v) for v in maps.image_attrs(image_id)["size"])
             contour = maps.read(image_id, "contour")
+            background = None
             if cams is not None:
                 scores = cams.read(image_id, "cam_stride4")
                 keys = [int(k) for k in np.atleast_1d(cams.image_attrs(image_id).get("class_keys", []))]
@@ -316,8 +317,11 @@ def run_make_pseudo_labels(cfg: PseudoLabelConfig, inputs: Mapping[str, Any], ou
                     raise ArtifactError(f"{inputs['maps']}: {image_id} has no 'seg' map (a model without "
                                         "segmentation branch needs map: cam)")
                 keys = [int(k) for k in tags[image_id]]
-                scores = read_seg(maps, image_id, keys)
-            background = read_seg(maps, image_id, [0])[0] if own_background else None
+                if own_background:  # one read for the background plane and the class planes
+                    planes = read_seg(maps, image_id, [0, *keys])
+                    background, scores = planes[0], planes[1:]
+                else:
+                    scores = read_seg(maps, image_id, keys)
             if scores.shape[1:] != contour.shape:
                 raise ArtifactError(f"{image_id}: score map {scores.shape[1:]} and contour {contour.shape} differ")
             label = synthesize_label(scores.reshape(len(keys), *contour.shape), keys, contour, size,

@@ -278,6 +278,9 @@ def table1_key(mode):
     return (SANCE_MODES.index(m["base"]), -m["output_stride"], m["map"] != "cam", bool(m["tta"]))
 
 
+# pseudo_labels keys of the stage-6 synthesis, shared by stage 6 and Fig. 5's per-epoch evaluation
+SYNTHESIS_KEYS = ("radius", "beta", "exp_times", "tau_b", "normalize_seg", "seg_background")
+
 SANCE_TRAIN_KEYS = (
     "backbone",
     "weights",
@@ -329,7 +332,7 @@ def sance_train_params(mode):
             "images": s["epoch_eval"]["images"],
             "map": settings["map"],
             "scale": p["scales"][0],
-            **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg", "seg_background")},
+            **{k: p[k] for k in SYNTHESIS_KEYS},
         }
     mode = settings["base"]
     if mode == "irnet":  # contour branch and CAM seeds only
@@ -385,7 +388,7 @@ def make_pseudo_labels_params(mode):
         "mode": mode,
         "split": config["data"]["train_split"],
         "map": pseudo_label_map(mode),
-        **{k: p[k] for k in ("radius", "beta", "exp_times", "tau_b", "normalize_seg", "seg_background")},
+        **{k: p[k] for k in SYNTHESIS_KEYS},
         "compression": config["artifacts"]["compression"],
     }
 
