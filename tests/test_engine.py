@@ -20,6 +20,8 @@ from sance_core.engine import (
     StepResult,
     fingerprint,
     fit,
+    poly_lr,
+    warmup_steps_of,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,7 +47,7 @@ def _step(model, batch, ctx):
 
 
 def _run(tmp_path, name, *, resume_dir=None, policy=CheckpointPolicy(every_epochs=1), stop=None, epoch_end=None,
-         step=_step, epochs=3):
+         step=_step, epochs=3, warmup_steps=0):
     torch.manual_seed(0)
     model = nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -54,7 +56,7 @@ def _run(tmp_path, name, *, resume_dir=None, policy=CheckpointPolicy(every_epoch
     def batches(epoch, start_batch):
         return EpochBatches(len(data), 2, seed=4, epoch=epoch, start_batch=start_batch)
 
-    loop = LoopConfig("test", 3 * epochs, 3, seed=4, poly_power=0.9)
+    loop = LoopConfig("test", 3 * epochs, 3, seed=4, poly_power=0.9, warmup_steps=warmup_steps)
     resume = Resume(resume_dir, {"lr": 0.1}, policy) if resume_dir else None
     history = History(tmp_path / f"{name}.csv")
     metrics = fit(model, optimizer, data, batches, step, loop, torch.device("cpu"), resume=resume, history=history,
@@ -161,3 +163,39 @@ def test_a_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
         _run(tmp_path, "nan", resume_dir=tmp_path / "r", step=nan_at_5)
     state = torch.load(tmp_path / "r" / CHECKPOINT_FILE, weights_only=True)
     assert state["step"] == 3
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 4, 12])
+def test_the_poly_rate_with_a_linear_warm_up_matches_a_naive_reference(warmup):
+    base, total, power = 0.1, 12, 0.9
+    for step in range(total + 2):
+        expected = base * (1 - min(step, total) / total) ** power
+        if step < warmup:
+            expected *= (step + 1) / (warmup + 1)
+        assert poly_lr(base, step, total, power, warmup) == pytest.approx(expected, rel=1e-12)
+    ramp = [poly_lr(base, s, total, power, warmup) / poly_lr(base, s, total, power) for s in range(warmup)]
+    assert all(0 < a < b for a, b in zip(ramp, ramp[1:] + [1.0]))  # rises, never zero, meets the schedule
+
+
+def test_warm_up_fractions_round_to_iterations_and_bad_values_are_refused():
+    assert warmup_steps_of(0.0, 200) == 0
+    assert warmup_steps_of(0.05, 200) == 10
+    assert warmup_steps_of(0.05, 30) == 2  # 1.5 rounds to even
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match="warm-up fraction"):
+            warmup_steps_of(bad, 200)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        poly_lr(0.1, 0, 10, 0.9, -1)
+
+
+def test_the_loop_applies_the_warm_up_and_a_resumed_run_keeps_it(tmp_path):
+    _, history, _ = _run(tmp_path, "warm", warmup_steps=4)
+    lrs = [row["lr"] for row in history.rows]
+    assert lrs == pytest.approx([poly_lr(0.1, s, 9, 0.9, 4) for s in range(9)])
+    assert lrs[0] == pytest.approx(0.1 / 5)
+    full, _, _ = _run(tmp_path, "warm_full", warmup_steps=4)
+    resumed_dir = tmp_path / "resume"
+    _run(tmp_path, "warm_part", resume_dir=resumed_dir, stop=2, warmup_steps=4)
+    resumed, history2, _ = _run(tmp_path, "warm_rest", resume_dir=resumed_dir, warmup_steps=4)
+    assert _same(full, resumed)
+    assert [row["lr"] for row in history2.rows] == pytest.approx(lrs)

@@ -341,7 +341,7 @@ def paper_values(dataset: str) -> dict:
             "backbone": net, "weights": "imagenet", "init_from_classifier": False, "output_stride": 8,
             "frozen_bn": True, "aspp_rates": [6, 12, 18, 24], "epochs": 16, "batch_size": 10, "crop_size": 512,
             "scale_range": [0.5, 1.5], "lr": 2.5e-4, "new_lr_mult": 10, "weight_decay": 5e-4, "momentum": 0.9,
-            "poly_power": 0.9, "grad_clip": 0, "contour_radius": 10, "contour_power": 1,
+            "poly_power": 0.9, "grad_clip": 0, "lr_warmup": 0, "contour_radius": 10, "contour_power": 1,
             "loss_weights": {"cam_contour": 1, "cam_seg": 1, "online_contour": 1, "online_seg": 1},
             "online": {"radius": 3, "beta": 10, "exp_times": 8, "tau_b": 0.25, "normalize": True, "warmup": 0.0,
                        "refine": "crf", "refine_contour": True, "refine_seg": False,

@@ -405,10 +405,10 @@ _KILLABLE_SANCE = textwrap.dedent("""
         from sance_core.engine import history, loop
         if what == "step":
             _poly = loop.set_poly_lr
-            def set_poly_lr(optimizer, step, total, power=0.9):
+            def set_poly_lr(optimizer, step, total, power=0.9, warmup_steps=0):
                 if step == n:
                     os.kill(os.getpid(), signal.SIGKILL)
-                return _poly(optimizer, step, total, power)
+                return _poly(optimizer, step, total, power, warmup_steps)
             loop.set_poly_lr = set_poly_lr
         elif what == "history":
             _save, calls = history.History.save, []

@@ -281,6 +281,7 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     ({"online": {"warmup": 1.5}}, "warmup"),
     ({"paste": {"seeds": "drop"}}, "seeds"),
     ({"grad_clip": -1.0}, "grad_clip"),
+    ({"lr_warmup": 1.0}, "lr_warmup"),
     ({"online": {"seed_background": ["edges"]}}, "seed_background"),
     ({"online": {"seed_background": ["seg", "seg"]}}, "seed_background"),
 ])

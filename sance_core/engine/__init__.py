@@ -32,11 +32,12 @@ from sance_core.engine.loop import (
     write_training_outputs,
 )
 from sance_core.engine.sampler import EpochBatches, sample_seed
-from sance_core.engine.schedule import poly_lr, set_poly_lr
+from sance_core.engine.schedule import poly_lr, set_poly_lr, warmup_steps_of
 
 __all__ = [
     "CHECKPOINT_FILE", "RUNTIME_KEYS", "CheckpointManager", "CheckpointPolicy", "EpochBatches", "EpochEnd",
     "History", "LoopConfig", "NonFiniteLossError", "Resume", "StepContext", "StepResult", "check_finite",
     "clear_resume", "fingerprint", "fit", "input_fingerprint", "non_finite_tensors", "poly_lr", "sample_seed", "set_poly_lr",
+    "warmup_steps_of",
     "training_outputs_dir", "write_training_outputs",
 ]

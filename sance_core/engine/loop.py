@@ -87,6 +87,7 @@ class LoopConfig:
     steps_per_epoch: int
     seed: int = 0  # the run's seed; the data loader's generator derives from (seed, epoch)
     poly_power: float = 0.9
+    warmup_steps: int = 0  # linear rate warm-up over the first steps (schedule.poly_lr); 0 = none
     amp: bool = False  # float16 autocast + gradient scaler, on CUDA only
     grad_clip: float = 0.0  # max gradient norm; 0 = off (the norm is logged as grad_norm when on)
     workers: int = 0
@@ -158,7 +159,7 @@ def fit(
         loader = DataLoader(data, batch_sampler=batches(epoch, start_batch), num_workers=loop.workers,
                             pin_memory=device.type == "cuda", persistent_workers=False, generator=generator)
         for batch in loader:
-            lr = set_poly_lr(optimizer, step, total, loop.poly_power)
+            lr = set_poly_lr(optimizer, step, total, loop.poly_power, loop.warmup_steps)
             out = step_fn(model, batch, StepContext(step, epoch, total, device, autocast))
             check_finite(step, **out.checked)
             optimizer.zero_grad(set_to_none=True)

@@ -53,6 +53,7 @@ from sance_core.engine import (
     input_fingerprint,
     sampler,
     training_outputs_dir,
+    warmup_steps_of,
     write_training_outputs,
 )
 from sance_core.engine.loop import EpochEndFn
@@ -189,6 +190,7 @@ class SanceConfig:
     momentum: float = 0.9  # paper: 0.9
     poly_power: float = 0.9
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping (paper: none)
+    lr_warmup: float = 0.0  # fraction of the iterations of a linear rate warm-up (paper: none)
     contour_radius: int = 10  # paper: delta = delta-hat = 10 for Eq. (4)
     contour_power: float = 1.0  # paper: n = 1 for Eq. (4)
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -214,6 +216,8 @@ class SanceConfig:
             raise ValueError(f"crop_size must be a multiple of {MAP_STRIDE} (the maps' stride), got {self.crop_size}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if not 0 <= self.lr_warmup < 1:
+            raise ValueError(f"lr_warmup must be in [0, 1) (a fraction of the iterations; 0 = off), got {self.lr_warmup}")
         if self.contour_radius < 2:
             raise ValueError(f"contour_radius must be >= 2, got {self.contour_radius}")
         if self.paste.enabled and self.paste.align % MAP_STRIDE:
@@ -529,7 +533,8 @@ def train(cfg: SanceConfig, data: SanceData, classifier_dir: str | Path | None =
         loss, terms, logs = training_step(cfg, model, batch, ctx.step >= online_start, ctx.autocast)
         return StepResult(loss, {"loss": loss, **terms}, logs)
 
-    loop = LoopConfig(f"sance[{cfg.mode}]", total_steps, steps_per_epoch, cfg.seed, cfg.poly_power, amp=cfg.amp,
+    loop = LoopConfig(f"sance[{cfg.mode}]", total_steps, steps_per_epoch, cfg.seed, cfg.poly_power,
+                      warmup_steps=warmup_steps_of(cfg.lr_warmup, total_steps), amp=cfg.amp,
                       grad_clip=cfg.grad_clip, workers=cfg.workers)
     resume = Resume(cfg.resume_dir, fingerprint(cfg, fingerprint_extra),
                     CheckpointPolicy(every_epochs=1), data_key) if cfg.resume_dir else None

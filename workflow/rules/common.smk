@@ -298,6 +298,7 @@ SANCE_TRAIN_KEYS = (
     "momentum",
     "poly_power",
     "grad_clip",
+    "lr_warmup",
     "contour_radius",
     "contour_power",
     "amp",
