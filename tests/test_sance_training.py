@@ -335,27 +335,26 @@ def test_epoch_evaluator_scores_the_stage_6_pseudo_labels(tmp_path):
     evaluator = EpochEvaluator(ecfg, from_dict(DatasetSpec, ds), ids, tag_lists)
     got = evaluator(1, model.train())
     assert model.training
-    cm = ConfusionMatrix(3)
     model.eval()
+    maps = {}  # the maps of the evaluated images, inferred once for both references below
     for image_id in ids[:3]:
         image = np.asarray(Image.open(Path(ds["root"]) / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
-        contour, seg = predict_maps(model, image, (1.0,), flip=False)
-        keys = tag_lists[image_id]
-        label = synthesize_label(seg[keys], keys, contour, masks[image_id].shape, 5, 10, 2, 0.25, normalize=True)
-        cm.update(label, masks[image_id])
-    assert got["pseudo_miou"] == pytest.approx(cm.miou())
+        maps[image_id] = predict_maps(model, image, (1.0,), flip=False)
+
+    def reference_miou(own_background: bool) -> float:
+        cm = ConfusionMatrix(3)
+        for image_id, (contour, seg) in maps.items():
+            keys = tag_lists[image_id]
+            cm.update(synthesize_label(seg[keys], keys, contour, masks[image_id].shape, 5, 10, 2, 0.25, normalize=True,
+                                       background=seg[0] if own_background else None), masks[image_id])
+        return cm.miou()
+
+    assert got["pseudo_miou"] == pytest.approx(reference_miou(False))
     # with the map's own background plane (pseudo_labels.seg_background: map), as stage 6 has it
     own_cfg = EpochEvalConfig(images=3, map="seg", scale=1.0, radius=5, beta=10, exp_times=2, tau_b=0.25,
                               seg_background="map")
     own = EpochEvaluator(own_cfg, from_dict(DatasetSpec, ds), ids, tag_lists)(1, model)
-    cm = ConfusionMatrix(3)
-    for image_id in ids[:3]:
-        image = np.asarray(Image.open(Path(ds["root"]) / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
-        contour, seg = predict_maps(model, image, (1.0,), flip=False)
-        keys = tag_lists[image_id]
-        cm.update(synthesize_label(seg[keys], keys, contour, masks[image_id].shape, 5, 10, 2, background=seg[0]),
-                  masks[image_id])
-    assert own["pseudo_miou"] == pytest.approx(cm.miou())
+    assert own["pseudo_miou"] == pytest.approx(reference_miou(True))
     with pytest.raises(ValueError, match="epoch_eval.map"):
         EpochEvalConfig(map="crf")
     with pytest.raises(ValueError, match="epoch_eval.seg_background"):
