@@ -8,7 +8,7 @@ any localisation result. Each image is scored whole, at its own size, with its h
 (logits averaged), as CAM extraction sees it at scale 1.0.
 
 AP of class ``c``: the images ranked by logit, the mean over the images holding ``c`` of the
-precision at their rank (non-interpolated, as ``sance_core.stages.classifier.batch_metrics``);
+precision at their rank (``sance_core.eval.metrics.label_average_precision``, as the training log's);
 mAP: the mean over the classes that occur in the split. Accuracy: labels called at logit 0.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/classifier_scores.py results/demo results/demo_c4 --split val
@@ -26,28 +26,18 @@ import torch
 
 from sance_core.data.dataset import DatasetSpec, load_split
 from sance_core.data.transforms import normalize_image
+from sance_core.eval.metrics import label_average_precision
 from sance_core.io.images import read_image
 from sance_core.stages.cam import load_classifier
 
 log = logging.getLogger("classifier_scores")
 
 
-def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Non-interpolated AP of one class: ``scores [N]``, ``positives [N]`` (bool); NaN without positives."""
-    positives = positives.astype(bool)
-    if not positives.any():
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    hits = positives[order].astype(np.float64)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
-
-
 def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, object]:
     """``logits, labels [N, C]`` -> mAP over the classes present, per-class AP and per-label accuracy."""
     if logits.shape != labels.shape:
         raise ValueError(f"logits {logits.shape} and labels {labels.shape} differ in shape")
-    aps = [average_precision(logits[:, c], labels[:, c] > 0) for c in range(labels.shape[1])]
+    aps = [label_average_precision(logits[:, c], labels[:, c] > 0) for c in range(labels.shape[1])]
     present = [a for a in aps if not np.isnan(a)]
     return {
         "map": float(np.mean(present)) if present else float("nan"),

@@ -37,6 +37,21 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def label_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Non-interpolated average precision of one label's ranking: ``scores [N]``, ``positives [N]``.
+
+    The items ranked by descending score (ties in input order); the mean, over the positive
+    items, of the precision among the items ranked at or above each. NaN when no item is positive.
+    """
+    positives = np.asarray(positives).astype(bool)
+    if not positives.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = positives[order].astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
 class ConfusionMatrix:
     """Streaming confusion matrix over ``num_classes`` labels (rows: ground truth, columns: prediction).
 

@@ -52,6 +52,7 @@ from sance_core.engine import (
 )
 from sance_core.engine.loop import EpochEndFn
 from sance_core.engine.settings import check_training_config
+from sance_core.eval.metrics import label_average_precision
 from sance_core.io.images import DataError, read_image
 from sance_core.models.backbones import BACKBONES
 from sance_core.models.classifier import MODEL_KIND, RECIPES, CAMClassifier
@@ -153,15 +154,8 @@ def batch_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
     """Per-label accuracy at logit 0 and the mean average precision over classes present in the batch."""
     logits, labels = logits.detach().float().cpu(), labels.detach().float().cpu()
     accuracy = ((logits > 0).float() == labels).float().mean().item()
-    aps = []
-    for c in range(labels.shape[1]):
-        positives = labels[:, c]
-        if positives.sum() == 0:
-            continue
-        order = torch.argsort(logits[:, c], descending=True)
-        hits = positives[order]
-        precision = torch.cumsum(hits, 0) / torch.arange(1, len(hits) + 1)
-        aps.append(float((precision * hits).sum() / hits.sum()))
+    scores, positives = logits.numpy(), labels.numpy() > 0
+    aps = [label_average_precision(scores[:, c], positives[:, c]) for c in range(labels.shape[1]) if positives[:, c].any()]
     return {"accuracy": accuracy, "map": float(np.mean(aps)) if aps else float("nan")}
 
 
