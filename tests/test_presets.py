@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.workflow, pytest.mark.filterwarnings("ignore:__array__
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 PRESETS = REPO / "workflow" / "presets"
 ACTIONS = ("script:", "shell:", "run:", "notebook:", "wrapper:", "cwl:")
-GPU_RULES = {"train_classifier", "train_sance", "train_segmenter", "extract_cams", "infer_maps", "predict_segmenter",
-             "infer_contours"}
+GPU_RULES = {"train_classifier", "evaluate_classifier", "train_sance", "train_segmenter", "extract_cams",
+             "infer_maps", "predict_segmenter", "infer_contours"}
 CPU_RULES = {"make_seeds", "make_pseudo_labels", "evaluate_cams", "evaluate_seeds", "evaluate_pseudo_labels",
              "evaluate_segmenter", "evaluate_contours", "validate_dataset", "shard_ids"}
 # the 80 COCO category ids (1..90 with gaps), ascending

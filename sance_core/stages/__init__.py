@@ -41,6 +41,8 @@ STAGES: dict[str, StageEntry] = {
                             help="split one split's ids into the shard lists of the per-image jobs"),
     "make_seeds": StageEntry("sance_core.stages.seeds", "SeedConfig",
                              help="CAM seeds of one shard: Eq. (1) at 0.30 / 0.05, each CRF-refined; 255 = unsure"),
+    "evaluate_classifier": StageEntry("sance_core.stages.evaluate", "ClassifierEvalConfig", "run_classifier_evaluation",
+                                      help="image-level mAP and per-class AP of the classifier on the val split (tags only)"),
     "evaluate_cams": StageEntry("sance_core.stages.evaluate", "CAMEvalConfig", "run_cam_evaluation",
                                 help="CAM mIoU of a split over a background-threshold sweep (best + curve)"),
     "train_classifier": StageEntry("sance_core.stages.classifier", "ClassifierConfig",

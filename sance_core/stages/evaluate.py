@@ -1,5 +1,7 @@
-"""Stages of workflow/rules/evaluate.smk and the segmenter's evaluation: ``evaluate_cams``,
-``evaluate_seeds`` and ``evaluate_segmenter`` (the computation is in :mod:`sance_core.eval.evaluation`)."""
+"""Stages of workflow/rules/evaluate.smk and the segmenter's evaluation: ``evaluate_classifier``,
+``evaluate_cams``, ``evaluate_seeds`` and ``evaluate_segmenter`` (the computation is in
+:mod:`sance_core.eval.evaluation`, and in :mod:`sance_core.eval.classification` for the classifier,
+which imports torch only when it runs, so the other three stay torch-free)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sance_core.data.dataset import Manifest
+from sance_core.eval.classification import TABLE_COLUMNS as CLASSIFIER_TABLE_COLUMNS
+from sance_core.eval.classification import ClassifierEvalConfig, evaluate_classifier
 from sance_core.eval.evaluation import (
     SEED_TABLE_COLUMNS,
     TABLE_COLUMNS,
@@ -22,8 +26,18 @@ from sance_core.eval.evaluation import (
 )
 from sance_core.io.files import as_paths
 
-__all__ = ["CAMEvalConfig", "SeedEvalConfig", "SegmentationEvalConfig", "run_cam_evaluation",
-           "run_seed_evaluation", "run_segmentation_evaluation"]
+__all__ = ["CAMEvalConfig", "ClassifierEvalConfig", "SeedEvalConfig", "SegmentationEvalConfig",
+           "run_cam_evaluation", "run_classifier_evaluation", "run_seed_evaluation", "run_segmentation_evaluation"]
+
+
+def run_classifier_evaluation(cfg: ClassifierEvalConfig, inputs: Mapping[str, Any],
+                              outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs ``manifest``, ``model`` (the classifier's model.pt beside its config.json); outputs ``json``, ``tsv``."""
+    manifest = Manifest.load(inputs["manifest"])
+    result, rows = evaluate_classifier(cfg, manifest, inputs["model"])
+    write_json(result, outputs["json"])
+    write_tsv(rows, outputs["tsv"], CLASSIFIER_TABLE_COLUMNS)
+    return result
 
 
 def run_cam_evaluation(cfg: CAMEvalConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:

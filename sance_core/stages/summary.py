@@ -1,7 +1,7 @@
 """Run summaries: one table per mode, and the ablation table across modes (the paper's Table 1).
 
 Both are assembled from the evaluation JSONs the stages write (nothing is recomputed):
-``eval/cam.json`` and ``eval/seeds.json`` (shared by all modes), and per mode
+``eval/classifier.json``, ``eval/cam.json`` and ``eval/seeds.json`` (shared by all modes), and per mode
 ``<mode>/eval/{pseudo_labels,segmentation,contour}.json``. A metric whose JSON is absent
 (``fully_supervised`` has no pseudo labels and no contours) or ``null`` stays empty.
 All metrics are fractions in [0, 1]; the Markdown copy of the ablation shows percentages.
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # metric column -> (input name, key in that JSON); the summary/ablation column order
 METRICS: dict[str, tuple[str, str]] = {
+    "classifier_map": ("classifier", "map"),
     "cam_miou": ("cam", "miou"),
     "seed_precision": ("seeds", "precision"),
     "seed_coverage": ("seeds", "coverage"),
@@ -32,11 +33,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "contour_ois": ("contour", "ois"),
     "contour_ap": ("contour", "ap"),
 }
-EVAL_INPUTS = ("cam", "seeds", "pseudo_labels", "segmentation", "contour")
+EVAL_INPUTS = ("classifier", "cam", "seeds", "pseudo_labels", "segmentation", "contour")
 # the paper's Table 1: pseudo-label mIoU (train), DeepLab mIoU (val); + contour ODS (Table 2)
 ABLATION_COLUMNS = ("mode", "output_stride", "pseudo_label_map", "tta", "pseudo_label_miou", "segmentation_miou",
                     "contour_ods", "contour_ois",
-                    "cam_miou", "seed_precision", "seed_coverage", "tau_b", "n_train", "n_val")
+                    "classifier_map", "cam_miou", "seed_precision", "seed_coverage", "tau_b", "n_train", "n_val")
 MODE_TITLES = {
     "irnet": "baseline (IRNet)",
     "sance_naive": "SANCE-naive",
@@ -170,7 +171,7 @@ def markdown_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
         return "–" if v is None else f"{100 * float(v):.1f}"
 
     head = ["Mode", "Stride", "Map", "TTA", "Pseudo labels mIoU (train)", "DeepLab mIoU (val)", "Contour ODS", "Contour OIS",
-            "CAM mIoU", "Seed precision", "Seed coverage", "τ_b"]
+            "Classifier mAP (val)", "CAM mIoU", "Seed precision", "Seed coverage", "τ_b"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
@@ -179,7 +180,7 @@ def markdown_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
                  r.get("pseudo_label_map") or "–", "–" if tta is None or tta == "" else ("yes" if tta else "no"),
                  pct(r.get("pseudo_label_miou")),
                  pct(r.get("segmentation_miou")), pct(r.get("contour_ods")), pct(r.get("contour_ois")),
-                 pct(r.get("cam_miou")), pct(r.get("seed_precision")), pct(r.get("seed_coverage")),
+                 pct(r.get("classifier_map")), pct(r.get("cam_miou")), pct(r.get("seed_precision")), pct(r.get("seed_coverage")),
                  "–" if r.get("tau_b") is None else f"{float(r['tau_b']):g}"]
         lines.append("| " + " | ".join(cells) + " |")
     n_train = next((r.get("n_train") for r in rows if r.get("n_train") is not None), None)
@@ -197,6 +198,7 @@ def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
 
     heads = {"mode": "mode", "pseudo_label_miou": "pseudo labels mIoU (train)",
              "segmentation_miou": "DeepLab mIoU (val)", "contour_ods": "contour ODS", "contour_ois": "contour OIS",
+             "classifier_map": "classifier mAP (val)",
              "cam_miou": "CAM mIoU", "seed_precision": "seed precision", "seed_coverage": "seed coverage",
              "tau_b": "τ<sub>b</sub>", "n_train": "train images", "n_val": "val images",
              "pseudo_label_map": "map", "output_stride": "stride", "tta": "TTA"}
@@ -246,7 +248,7 @@ def _load_evals(inputs: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any] | N
 
 
 def run_summary(cfg: SummaryConfig, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Inputs: any of ``cam``, ``seeds``, ``pseudo_labels``, ``segmentation``, ``contour`` (JSON paths), and
+    """Inputs: any of ``classifier``, ``cam``, ``seeds``, ``pseudo_labels``, ``segmentation``, ``contour`` (JSON paths), and
     optionally ``manifest``; outputs ``json`` and ``tsv``."""
     evals, sources = _load_evals(inputs)
     counts = None

@@ -84,6 +84,7 @@ def all_targets():
         manifest(),
         *shard_files(config["data"]["train_split"]),
         *cam_shards(),
+        f"{SHARED}/eval/classifier.json",
         f"{SHARED}/eval/cam.json",
         f"{RESULTS}/eval/seeds.json",
         *[target for mode in sance_modes() for target in pseudo_label_targets(mode)],
@@ -143,6 +144,15 @@ def cam_params():
         "flip": c["flip"],
         "batch_size": c["batch_size"],
         "compression": config["artifacts"]["compression"],
+    }
+
+
+def classifier_eval_params():
+    return {
+        "dataset": dataset_params(),
+        "split": config["data"]["val_split"],
+        "backbone": config["classifier"]["backbone"],
+        "flip": config["cam"]["flip"],
     }
 
 
@@ -485,6 +495,7 @@ def summary_inputs(wildcards):
     if mode in sance_modes():
         inputs.update(
             {
+                "classifier": f"{SHARED}/eval/classifier.json",
                 "cam": f"{SHARED}/eval/cam.json",
                 "seeds": f"{RESULTS}/eval/seeds.json",
                 "pseudo_labels": f"{mode_dir(mode)}/eval/pseudo_labels.json",

@@ -1,9 +1,44 @@
 # Stage 8: evaluation. One confusion matrix over the whole split (255 ignored), streamed image
-# by image. CAMs and seeds are evaluated on the train split they are computed for; later
+# by image. CAMs and seeds are evaluated on the train split they are computed for; the classifier
+# on the val split it did not train on, from the image tags alone (no masks needed); later
 # stages add their evaluations below or in their own rule files.
 
 EVAL_DIR = f"{RESULTS}/eval"
 CAM_EVAL_DIR = f"{SHARED}/eval"  # the CAMs are shared by CAM and oracle seed runs
+
+
+rule evaluate_classifier:
+    input:
+        manifest=manifest(),
+        model=f"{SHARED}/classifier/model.pt",
+    output:
+        json=report(
+            f"{CAM_EVAL_DIR}/classifier.json",
+            category="Evaluation",
+            subcategory="Classifier",
+            caption="../report/eval_classifier.rst",
+        ),
+        tsv=report(
+            f"{CAM_EVAL_DIR}/classifier.tsv",
+            category="Evaluation",
+            subcategory="Classifier",
+            caption="../report/eval_classifier.rst",
+        ),
+    log:
+        f"{SHARED_LOGS}/evaluate_classifier.log",
+    benchmark:
+        f"{SHARED_BENCH}/evaluate_classifier.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=gpu_resources(),
+    params:
+        cfg=classifier_eval_params(),
+    script:
+        "../scripts/run_stage.py"
 
 
 rule evaluate_cams:
