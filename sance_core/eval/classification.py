@@ -3,7 +3,8 @@
 A weakly supervised user has image tags for every split and masks for none, so the classifier's
 own task, telling which classes an image holds, is the one stage whose quality can always be
 measured. Its scores say whether every class was learned before any CAM is looked at (a class
-the classifier cannot rank has no CAM to seed from), and they let a classifier setting be chosen
+the classifier cannot rank has no CAM to seed from; one it ranks well may still have CAMs that
+cover only its discriminative part), and they let a classifier setting be chosen
 without a localisation result (docs/RESULTS.md, "The classifier's rate, and the classifier's two
 roles").
 
