@@ -96,6 +96,8 @@ def fake_upstream(root: Path, name: str, classes: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
 
+    dump(res / "eval" / "classifier.json", {"map": 0.9, "ap": {c: 0.9 for c in classes[1:]}, "accuracy": 0.95,
+                                            "n_images": 6, "split": "val"})
     dump(res / "eval" / "cam.json", {"miou": 0.4, "iou": iou(0.4), "n_images": 12, "best_threshold": 0.15})
     dump(res / "eval" / "seeds.json", {"miou": 0.6, "iou": iou(0.6), "precision": 0.8, "coverage": 0.5,
                                        "n_images": 12})
@@ -164,6 +166,7 @@ def test_report_builds_on_faked_upstream(workdir, tmp_path):
     assert [r[0] for r in rows[1:]] == [*SANCE_MODES, *DEEPLAB_MODES]
     fully = dict(zip(rows[0], rows[-1]))
     assert fully["pseudo_label_miou"] == "" and fully["contour_ods"] == "" and fully["segmentation_miou"] == "0.7000"
+    assert fully["classifier_map"] == "" and dict(zip(rows[0], rows[1]))["classifier_map"] == "0.9000"
     # the noisier fake contours of the later modes must score lower
     ods = [json.loads((res / m / "eval" / "contour.json").read_text())["ods"] for m in SANCE_MODES]
     assert ods[0] > ods[-1]
