@@ -11,6 +11,7 @@ from conftest import load_benchmark
 from sance_core.data.dataset import Manifest
 from sance_core.eval.classification import label_scores
 from sance_core.eval.metrics import label_average_precision
+from sance_core.io.images import DataError
 from sance_core.stages import run_stage
 
 
@@ -112,6 +113,9 @@ def test_stage_errors_and_empty_split(tiny_all_run, monkeypatch, tmp_path):
         run_stage("evaluate_classifier", {**params, "backbone": "resnet50"},
                   {"manifest": "results/tiny/manifest.json", "model": model}, outputs)
     data = json.loads((tiny_all_run / "results/tiny/manifest.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**data, "classes": [*data["classes"][:-1], "other"]}))
+    with pytest.raises(DataError, match="other.json: manifest classes .* differ from data.classes"):
+        run_stage("evaluate_classifier", params, {"manifest": str(tmp_path / "other.json"), "model": model}, outputs)
     data["splits"]["val"] = []
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     result = run_stage("evaluate_classifier", params, {"manifest": str(tmp_path / "manifest.json"), "model": model},

@@ -107,13 +107,11 @@ def classifier_logits(model: Any, spec: DatasetSpec, manifest: Manifest, split: 
 
 def evaluate_classifier(cfg: ClassifierEvalConfig, manifest: Manifest,
                         model_path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Scores of the classifier at ``model_path`` (beside its config.json) on ``cfg.split``."""
-    from sance_core.io.images import DataError
+    """Scores of the classifier at ``model_path`` (beside its config.json) on ``cfg.split`` of ``manifest``
+    (loaded with :func:`sance_core.data.dataset.load_manifest`, which refuses other classes)."""
     from sance_core.runtime import resolve_device
     from sance_core.stages.cam import load_classifier
 
-    if list(manifest.classes) != list(cfg.dataset.classes):
-        raise DataError(f"manifest classes {manifest.classes} differ from data.classes {list(cfg.dataset.classes)}")
     model = load_classifier(model_path, cfg.dataset.classes, cfg.backbone, resolve_device(cfg.device))
     logits, labels = classifier_logits(model, cfg.dataset, manifest, cfg.split, cfg.flip)
     result, rows = label_scores(logits, labels, cfg.dataset.classes[1:])

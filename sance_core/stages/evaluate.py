@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sance_core.data.dataset import Manifest
+from sance_core.data.dataset import Manifest, load_manifest
 from sance_core.eval.classification import TABLE_COLUMNS as CLASSIFIER_TABLE_COLUMNS
 from sance_core.eval.classification import ClassifierEvalConfig, evaluate_classifier
 from sance_core.eval.evaluation import (
@@ -33,7 +33,7 @@ __all__ = ["CAMEvalConfig", "ClassifierEvalConfig", "SeedEvalConfig", "Segmentat
 def run_classifier_evaluation(cfg: ClassifierEvalConfig, inputs: Mapping[str, Any],
                               outputs: Mapping[str, Any]) -> dict[str, Any]:
     """Inputs ``manifest``, ``model`` (the classifier's model.pt beside its config.json); outputs ``json``, ``tsv``."""
-    manifest = Manifest.load(inputs["manifest"])
+    manifest = load_manifest(inputs["manifest"], cfg.dataset)
     result, rows = evaluate_classifier(cfg, manifest, inputs["model"])
     write_json(result, outputs["json"])
     write_tsv(rows, outputs["tsv"], CLASSIFIER_TABLE_COLUMNS)
