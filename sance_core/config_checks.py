@@ -118,6 +118,11 @@ def relation_errors(config: Mapping[str, Any]) -> list[str]:
         if _get(config, f"{section}.weights") and _get(config, f"{section}.init_from_classifier"):
             errors.append(f"config keys {section}.weights and {section}.init_from_classifier: set one, not both "
                           f"(weights = an ImageNet file; init_from_classifier = start from the CAM classifier)")
+        ours, theirs = _get(config, f"{section}.backbone"), _get(config, "classifier.backbone")
+        if _get(config, f"{section}.init_from_classifier") and ours and theirs and ours != theirs:
+            errors.append(f"config keys {section}.backbone ({ours}) and classifier.backbone ({theirs}): "
+                          f"{section}.init_from_classifier starts the {section} backbone from the classifier's, "
+                          "so the two must be the same architecture")
     if _get(config, "demo.enabled"):
         lo, hi = _get(config, "demo.min_side"), _get(config, "demo.max_side")
         if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:

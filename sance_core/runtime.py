@@ -63,6 +63,37 @@ def set_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+def runtime_environment(device=None) -> dict:
+    """What a trained model's last bits depend on besides its config, for its ``config.json``.
+
+    The same config and seed repeat a training bit for bit on one machine, but another CPU (the
+    kernels torch picks for it), another thread count or another torch build part the trainings
+    in their last bits, and a short schedule carries that into the scores (docs/RESULTS.md,
+    "make demo at commit 2125a5d on a second machine"). Recording these lets a user tell such a
+    difference from a change of settings. ``device``: the torch device the model trained on.
+    """
+    import platform
+
+    import torch
+
+    from sance_core import __version__
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = device.type == "cuda"
+    return {
+        "sance": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+    }
+
+
 def visible_devices(name: str = "auto") -> list:
     """Every device one job may use: all visible GPUs for 'auto'/'cuda' (SLURM's --gpus=N or
     CUDA_VISIBLE_DEVICES decide which), only the named one for 'cuda:N', else the CPU."""

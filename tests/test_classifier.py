@@ -168,7 +168,9 @@ def test_run_stage_writes_model_config_history_and_curve(tmp_path):
     state, config = load_model(out, {"classes": list(CLASSES), "backbone": "resnet18"})
     model = build_from_config(config)
     model.load_state_dict(state, strict=True)
+    environment = config.pop("environment")  # beside the settings: versions, CPU kernels, threads, device
     assert config == json.loads(json.dumps(model_config(cfg)))
+    assert environment["device"] == "cpu" and environment["torch"]
     assert not (resume / CHECKPOINT_FILE).exists()  # done: a later run with other settings starts afresh
 
 

@@ -331,13 +331,15 @@ def test_relations_between_keys_are_checked_before_any_job():
     bad["segmentation"].update(weights="imagenet.pth", init_from_classifier=True)
     bad["demo"].update(min_side=160, max_side=96)
     bad["sance"]["online"].update(refine="saliency", saliency_dir=None)
+    bad["sance"]["backbone"] = "resnet18"  # init_from_classifier: true in config.yaml, classifier resnet10_w32
     errors = "\n".join(relation_errors(bad))
     for text in ("seeds.bg_threshold (0.2) and seeds.fg_threshold (0.1)",
                  "classifier.scale_range: [low, high] needs low <= high, got [1.3, 0.7]",
                  "sance.paste.rect_scale", "segmentation.weights and segmentation.init_from_classifier",
-                 "demo.min_side (160) and demo.max_side (96)", "sance.online.saliency_dir"):
+                 "demo.min_side (160) and demo.max_side (96)", "sance.online.saliency_dir",
+                 "sance.backbone (resnet18) and classifier.backbone (resnet10_w32)"):
         assert text in errors, errors
-    assert len(relation_errors(bad)) == 6
+    assert len(relation_errors(bad)) == 7
     empty = json.loads(json.dumps(base))
     empty["modes"], empty["segmentation"]["modes"] = [], []
     assert "both empty" in relation_errors(empty)[0]

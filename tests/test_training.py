@@ -76,6 +76,32 @@ def test_save_and_load_model_refuses_other_config(tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"] == "resnet18"
 
 
+def test_training_outputs_record_the_environment_beside_the_config(tmp_path):
+    from sance_core.engine import write_training_outputs
+    from sance_core.runtime import runtime_environment
+
+    history = History(tmp_path / "m" / "history.csv")
+    history.append(step=1, epoch=0, loss=0.5)
+    outputs = {k: tmp_path / "m" / f for k, f in (("model", "model.pt"), ("config", "config.json"),
+                                                  ("history", "history.csv"), ("curve", "curve.png"))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        write_training_outputs(nn.Linear(3, 2), {"backbone": "resnet18"}, history, outputs, ["loss"], "t", None)
+        env_now = runtime_environment("cpu")
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    env = saved["environment"]
+    assert saved["backbone"] == "resnet18"
+    assert env["torch"] == torch.__version__ and env["threads"] == 1 and env["device"] == "cpu"
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cuda_device"] is None
+    assert env == env_now
+    # no loader compares it: a model trained elsewhere loads the same
+    state, cfg = load_model(tmp_path / "m", {"backbone": "resnet18"})
+    assert set(state) == {"weight", "bias"} and cfg["environment"] == env
+
+
 def test_history_csv_and_plot(tmp_path):
     h = History(tmp_path / "h.csv")
     for step in range(5):

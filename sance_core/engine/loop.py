@@ -236,10 +236,18 @@ def training_outputs_dir(outputs: Mapping[str, Any]) -> Path:
 def write_training_outputs(model: nn.Module, config: dict[str, Any], history: History, outputs: Mapping[str, Any],
                            curve_columns: list[str], title: str, resume_dir: str | Path | None) -> None:
     """History CSV, curve PNG, then ``model.pt`` + ``config.json``; then the resume state is dropped,
-    so a later run with other settings starts afresh."""
+    so a later run with other settings starts afresh.
+
+    ``config.json`` gets an ``environment`` entry (:func:`sance_core.runtime.runtime_environment`:
+    versions, CPU kernels, threads, device), which no loader compares: it explains a difference, it
+    never refuses a model.
+    """
     from sance_core.io.weights import save_model
+    from sance_core.runtime import runtime_environment
 
     history.save(outputs["history"])
     history.plot(outputs["curve"], history.columns(curve_columns), title=title)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    config = {**config, "environment": runtime_environment(device)}
     save_model(model.cpu(), config, training_outputs_dir(outputs))
     clear_resume(resume_dir)
