@@ -132,3 +132,19 @@ def test_normalize_image_is_zero_for_the_mean_colour():
     img = np.empty((2, 3, 3), np.uint8)
     img[:] = MEAN_COLOUR
     assert normalize_image(img).abs().max() < 0.01
+
+
+def test_normalize_image_takes_read_only_and_strided_arrays_without_warning():
+    """PIL-backed arrays are read-only and flips are strided; neither warns nor changes the values."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    expected = (torch.tensor(img, dtype=torch.float32).permute(2, 0, 1) / 255.0
+                - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    read_only = img.copy()
+    read_only.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(normalize_image(read_only), expected)
+        torch.testing.assert_close(normalize_image(img[:, ::-1]), expected.flip(-1))

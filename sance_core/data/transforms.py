@@ -33,7 +33,8 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` RGB → float ``[3, H, W]`` with ImageNet mean/std (what ResNets expect)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    # astype: a writable float copy (PIL-backed arrays are read-only, which torch warns about)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std
