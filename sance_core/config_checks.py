@@ -115,11 +115,12 @@ def relation_errors(config: Mapping[str, Any]) -> list[str]:
                       "need bg_threshold <= fg_threshold (paper: 0.05 and 0.30)")
     errors += [e for e in (_range_error(config, k) for k in RANGE_KEYS) if e]
     for section in ("sance", "segmentation"):
-        if _get(config, f"{section}.weights") and _get(config, f"{section}.init_from_classifier"):
+        from_classifier = _get(config, f"{section}.init_from_classifier")
+        if _get(config, f"{section}.weights") and from_classifier:
             errors.append(f"config keys {section}.weights and {section}.init_from_classifier: set one, not both "
                           f"(weights = an ImageNet file; init_from_classifier = start from the CAM classifier)")
         ours, theirs = _get(config, f"{section}.backbone"), _get(config, "classifier.backbone")
-        if _get(config, f"{section}.init_from_classifier") and ours and theirs and ours != theirs:
+        if from_classifier and ours and theirs and ours != theirs:
             errors.append(f"config keys {section}.backbone ({ours}) and classifier.backbone ({theirs}): "
                           f"{section}.init_from_classifier starts the {section} backbone from the classifier's, "
                           "so the two must be the same architecture")
