@@ -46,7 +46,8 @@ def _fake_run(root: Path) -> dict[str, dict[str, str]]:
                                                                      "n_images": 12, "tau_b": 0.3,
                                                                      "map": "cam" if mode == "irnet" else "seg"})
             one["contour"] = _write(d / "contour.json", {"ods": 0.3 + 0.1 * k, "ois": 0.35 + 0.1 * k, "ap": 0.2,
-                                                         "ods_threshold": 0.4, "n_images": 12, "curve": []})
+                                                         "ods_threshold": 0.4, "n_images": 10, "curve": [],
+                                                         "split": "val"})
         inputs[mode] = one
     return inputs
 
@@ -114,6 +115,13 @@ def test_ablation_table_rows_in_mode_order(tmp_path):
     assert "| fully supervised (GT masks) | – | – | – | – | 53.0 | – |" in md
     assert [r["output_stride"] for r in rows] == ["16", "8", "8", ""] and rows[0]["tta"] == "False"
     assert [r["pseudo_label_map"] for r in rows] == ["cam", "seg", "seg", ""]
+    # the note under the table names the images each column scores (contours: val, not train)
+    note = ("Pseudo labels on the train split (12 images), contours on the val split (10 images scored, raw "
+            "single-scale maps), DeepLab on the val split (6 images).")
+    assert note in md
+    run_stage("ablation_table", {"modes": list(MODES), "title": "tiny"}, {"summaries": summaries},
+              {**out, "html": tmp_path / "ablation.html"})
+    assert note in (tmp_path / "ablation.html").read_text()
     # a summary under the wrong mode is refused
     with pytest.raises(SummaryError, match="belongs to mode"):
         run_ablation(AblationConfig(modes=("sance", "irnet")), {"summaries": summaries[:2]}, out)
@@ -146,3 +154,15 @@ def test_a_table1_row_is_named_after_its_base_mode():
     assert mode_title({"mode": "sance_tta", "base": "sance"}) == "SANCE (sance_tta)"
     assert mode_title({"mode": "irnet"}) == "baseline (IRNet)"
     assert mode_title({"mode": "other"}) == "other"
+
+
+def test_contours_scored_on_an_id_list_are_named_in_the_note(tmp_path):
+    """VOC's preset scores the contours on SBD's val ids (evaluation.contour.id_list), not the val split."""
+    inputs = _fake_run(tmp_path)["sance"]
+    _write(Path(inputs["contour"]), {"ods": 0.6, "ois": 0.62, "ap": 0.5, "n_images": 2857, "split": "val",
+                                     "id_list": {"id_list": "/data/SBD/val.txt", "listed": 2857}})
+    out = {"json": tmp_path / "s.json", "tsv": tmp_path / "s.tsv"}
+    run_summary(SummaryConfig(mode="sance"), inputs, out)
+    out_table = {"tsv": tmp_path / "a.tsv", "md": tmp_path / "a.md"}
+    run_ablation(AblationConfig(modes=("sance",)), {"summaries": [str(out["json"])]}, out_table)
+    assert "contours on the ids of /data/SBD/val.txt (2857 images scored" in out_table["md"].read_text()

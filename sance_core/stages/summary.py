@@ -112,11 +112,15 @@ def assemble_summary(cfg: SummaryConfig, evals: Mapping[str, Mapping[str, Any] |
     summary["pseudo_label_map"] = pl.get("map")  # Table 1's "map": the scores propagated ('cam' or 'seg')
     if evals.get("contour"):
         summary["contour_ods_threshold"] = evals["contour"].get("ods_threshold")
+        # where the contours were scored: the val split, or the ids of evaluation.contour.id_list (SBD val)
+        id_list = evals["contour"].get("id_list")
+        summary["contour_ids"] = (f"the ids of {id_list['id_list']}" if isinstance(id_list, Mapping)
+                                  and id_list.get("id_list") else f"the {evals['contour'].get('split', cfg.val_split)} split")
     if evals.get("cam"):
         summary["cam_threshold"] = evals["cam"].get("best_threshold")
 
     # images per split: the manifest's counts, else the evaluations' own
-    train = next((_count(evals[n].get("n_images")) for n in ("pseudo_labels", "cam", "seeds", "contour")
+    train = next((_count(evals[n].get("n_images")) for n in ("pseudo_labels", "cam", "seeds")
                   if evals.get(n) and _count(evals[n].get("n_images")) is not None), None)
     val = _count((evals.get("segmentation") or {}).get("n_images"))
     counts = dict(manifest_counts or {})
@@ -136,6 +140,8 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     row["n_train"] = n.get(splits.get("train", "train"))
     row["n_val"] = n.get(splits.get("val", "val"))
     row["base"] = summary.get("base")
+    row["n_contour"] = (summary.get("n_evaluated") or {}).get("contour")
+    row["contour_ids"] = summary.get("contour_ids")
     return row
 
 
@@ -183,13 +189,24 @@ def markdown_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
                  pct(r.get("classifier_map")), pct(r.get("cam_miou")), pct(r.get("seed_precision")), pct(r.get("seed_coverage")),
                  "–" if r.get("tau_b") is None else f"{float(r['tau_b']):g}"]
         lines.append("| " + " | ".join(cells) + " |")
-    n_train = next((r.get("n_train") for r in rows if r.get("n_train") is not None), None)
-    n_val = next((r.get("n_val") for r in rows if r.get("n_val") is not None), None)
     lines.append("")
-    lines.append(f"Pseudo labels and contours on the train split ({n_train if n_train is not None else '?'} images), "
-                 f"DeepLab on the val split ({n_val if n_val is not None else '?'} images). "
-                 "Fully supervised: DeepLab trained on the ground-truth masks (no pseudo labels, no contours).")
+    lines.append(splits_note(rows) + " Fully supervised: DeepLab trained on the ground-truth masks (no pseudo labels, "
+                 "no contours).")
     return "\n".join(lines) + "\n"
+
+
+def splits_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which images each column scores: pseudo labels the train split, contours the val split (or the
+    ids of ``evaluation.contour.id_list``, as many as ``max_images`` allows), DeepLab the val split."""
+    def first(key: str) -> Any:
+        return next((r.get(key) for r in rows if r.get(key) is not None), None)
+
+    def n(value: Any) -> str:
+        return "?" if value is None else str(value)
+
+    return (f"Pseudo labels on the train split ({n(first('n_train'))} images), contours on "
+            f"{first('contour_ids') or 'the val split'} ({n(first('n_contour'))} images scored, raw single-scale maps), "
+            f"DeepLab on the val split ({n(first('n_val'))} images).")
 
 
 def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
@@ -221,8 +238,8 @@ def html_text(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     title = html.escape(title or "Ablation")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
             f"</head><body><h3>{title}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            "<p>Metrics in percent. Pseudo labels, CAMs, seeds and contours on the train split, DeepLab on the "
-            "val split. &ndash;: not applicable (the fully supervised DeepLab has no pseudo labels and no "
+            f"<p>Metrics in percent. CAMs and seeds on the train split. {html.escape(splits_note(rows))} "
+            "&ndash;: not applicable (the fully supervised DeepLab has no pseudo labels and no "
             "contours).</p></body></html>\n")
 
 
