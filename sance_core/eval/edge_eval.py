@@ -459,14 +459,27 @@ def job_processes() -> int:
         return 1
 
 
-def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths: Sequence[str],
-                          processes: int = 1, expect_stage: str = "maps") -> dict[str, Any]:
-    """ODS/OIS/AP of a mode's contour maps over ``cfg.split``; the JSON result (with curve and per image).
+@dataclass
+class ContourCounts:
+    """Per-image boundary counts of one mode's contour maps, before they are summarised."""
+
+    ids: list[str]  # the images scored, in order (those with ground truth, at most max_images)
+    thresholds: np.ndarray  # [T]
+    counts: list[BoundaryCounts]  # one per id
+    peaks: dict[str, float]  # largest contour value per id
+    settings: dict[str, Any]
+    id_list: dict[str, Any] | None = None  # {"id_list": path, "listed": n} when cfg.id_list replaced the split
+
+
+def contour_counts(cfg: ContourEvalConfig, manifest: Manifest, map_paths: Sequence[str],
+                   processes: int = 1, expect_stage: str = "maps") -> ContourCounts:
+    """Match a mode's contour maps against the ground-truth boundaries, image by image.
 
     ``cfg.id_list`` (a file of ids, e.g. SBD's ``val.txt``) replaces the split's ids: the paper's
     protocol scores SBD val images, which are not in VOC's train_aug (``infer_contours`` infers
     their raw maps). ``expect_stage``: ``contours`` (the workflow: raw single-scale maps) or
-    ``maps`` (the pseudo-label stage's test-time-augmented maps).
+    ``maps`` (the pseudo-label stage's test-time-augmented maps). A missing map or a bad
+    ground-truth file fails before the matching starts.
     """
     from sance_core.io.images import DataError, read_id_list
     from sance_core.io.store import open_shards
@@ -500,6 +513,7 @@ def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths:
     gt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     selected: list[str] = []
     peaks: dict[str, float] = {}
+    counts: list[BoundaryCounts] = []
     try:
         for image_id in ids:  # ground truth first: a bad file fails before the matching starts
             item = _gt_for(cfg, image_id)
@@ -509,19 +523,31 @@ def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths:
             selected.append(image_id)
             if cfg.max_images and len(selected) >= cfg.max_images:
                 break
-        result: dict[str, Any] = {"split": cfg.split, "mode": cfg.mode, "settings": settings}
-        if restricted:
-            result["id_list"] = restricted
-        if not selected:
-            note = f"no ground-truth boundaries for split {cfg.split!r}: nothing evaluated"
-            log.warning("contour evaluation: %s", note)
-            result.update({"ods": None, "ois": None, "ap": None, "area_pr": None, "ods_threshold": None,
-                           "n_images": 0, "curve": [], "per_image": [], "note": note})
-            return result
-        counts = evaluate_many(jobs(), processes=min(processes, len(selected)), total=len(selected))
+        if selected:
+            counts = evaluate_many(jobs(), processes=min(processes, len(selected)), total=len(selected))
     finally:
         for reader in set(index.values()):
             reader.close()
+    return ContourCounts(selected, thresholds, counts, peaks, settings, restricted)
+
+
+def evaluate_contour_maps(cfg: ContourEvalConfig, manifest: Manifest, map_paths: Sequence[str],
+                          processes: int = 1, expect_stage: str = "maps") -> dict[str, Any]:
+    """ODS/OIS/AP of a mode's contour maps over ``cfg.split``; the JSON result (with curve and per image).
+
+    The images and maps are those of :func:`contour_counts`.
+    """
+    matched = contour_counts(cfg, manifest, map_paths, processes, expect_stage)
+    thresholds, counts, peaks = matched.thresholds, matched.counts, matched.peaks
+    result: dict[str, Any] = {"split": cfg.split, "mode": cfg.mode, "settings": matched.settings}
+    if matched.id_list:
+        result["id_list"] = matched.id_list
+    if not matched.ids:
+        note = f"no ground-truth boundaries for split {cfg.split!r}: nothing evaluated"
+        log.warning("contour evaluation: %s", note)
+        result.update({"ods": None, "ois": None, "ap": None, "area_pr": None, "ods_threshold": None,
+                       "n_images": 0, "curve": [], "per_image": [], "note": note})
+        return result
     scores = summarize(counts, thresholds)
     for row in scores.per_image:
         row["map_max"] = peaks.get(row["id"])
