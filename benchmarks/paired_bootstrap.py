@@ -77,6 +77,19 @@ def bootstrap_differences(score: Callable[[np.ndarray], float], a: np.ndarray, b
     return score(b) - score(a), np.array([score(b[d]) - score(a[d]) for d in draws])
 
 
+def check_inputs(run: Path, modes: Sequence[str]) -> list[str]:
+    """What the two modes lack, each named with the file or folder expected (checked before any scoring)."""
+    missing = []
+    for mode in modes:
+        shards = run / mode / "pseudo_labels"
+        if not glob.glob(str(shards / "*.h5")):
+            missing.append(f"{shards}/*.h5: no pseudo-label shards of mode {mode!r} (rule make_pseudo_labels)")
+        contours = run / mode / "contours" / "eval.h5"
+        if not contours.is_file():
+            missing.append(f"{contours}: no raw contour maps of mode {mode!r} (rule infer_contours)")
+    return missing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run's results folder (results/<name>), holding manifest.json and <mode>/")
@@ -94,6 +107,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     run = Path(args.run)
+    if not (run / "manifest.json").is_file():
+        raise SystemExit(f"{run / 'manifest.json'}: not found; give a run's results folder (results/<name>)")
+    missing = check_inputs(run, args.modes)
+    if missing:
+        raise SystemExit("missing inputs (run the pipeline's targets for these modes first):\n  " + "\n  ".join(missing))
     manifest = Manifest.load(run / "manifest.json")
     spec = DatasetSpec(root=manifest.root, classes=tuple(manifest.classes), mask_dir=args.mask_dir)
     a, b = args.modes

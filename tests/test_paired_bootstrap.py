@@ -116,3 +116,19 @@ def test_script_on_a_small_run(tmp_path, monkeypatch, capsys):
     report = json.loads(out.read_text())
     assert report["pseudo_labels"]["difference"] > 0.3 and report["pseudo_labels"]["interval"][0] > 0
     assert report["contour_ods"]["difference"] > 0.3 and report["contour_ods"]["share_above_zero"] == 1.0
+
+
+def test_missing_inputs_are_named_before_any_scoring(tmp_path, monkeypatch):
+    pb = load_benchmark("paired_bootstrap")
+    run = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["paired_bootstrap.py", str(run)])
+    with pytest.raises(SystemExit, match="manifest.json: not found"):
+        pb.main()
+    Manifest("fake", str(tmp_path), CLASSES, {"train": [{"id": "t0", "labels": [1]}]}).save(run / "manifest.json")
+    (run / "sance" / "contours").mkdir(parents=True)
+    (run / "sance" / "contours" / "eval.h5").write_bytes(b"")
+    with pytest.raises(SystemExit) as err:
+        pb.main()
+    text = str(err.value)
+    assert "no pseudo-label shards of mode 'irnet'" in text and "no raw contour maps of mode 'irnet'" in text
+    assert "no pseudo-label shards of mode 'sance'" in text and "mode 'sance' (rule infer_contours)" not in text
