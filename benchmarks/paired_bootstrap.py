@@ -30,7 +30,7 @@ import numpy as np
 
 from sance_core.config import from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.eval.edge_eval import ContourEvalConfig, _rpf, contour_counts, interpolated_best
+from sance_core.eval.edge_eval import ContourEvalConfig, contour_counts, ods_from_counts
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.palette import read_label_png
 from sance_core.io.store import open_shards
@@ -59,12 +59,6 @@ def miou_of(matrices: np.ndarray) -> float:
     cm = ConfusionMatrix(matrices.shape[1])
     cm.matrix = matrices.sum(axis=0)
     return cm.miou()
-
-
-def ods_of(stack: np.ndarray, thresholds: np.ndarray) -> float:
-    """ODS of per-image boundary counts ``[N, 4, T]`` (cntR, sumR, cntP, sumP), as ``summarize`` computes it."""
-    rec, prec, _ = _rpf(*stack.sum(axis=0))
-    return interpolated_best(thresholds, rec, prec)[3]
 
 
 def bootstrap_differences(score: Callable[[np.ndarray], float], a: np.ndarray, b: np.ndarray, resamples: int,
@@ -134,7 +128,7 @@ def main() -> None:
     if matched[0].ids != matched[1].ids:
         raise SystemExit(f"the two modes' contour maps cover other images: {len(matched[0].ids)} / {len(matched[1].ids)}")
     stacks = [np.stack([[c.count_r, c.sum_r, c.count_p, c.sum_p] for c in m.counts]) for m in matched]
-    full, diffs = bootstrap_differences(lambda s: ods_of(s, matched[0].thresholds), stacks[0], stacks[1],
+    full, diffs = bootstrap_differences(lambda s: ods_from_counts(s, matched[0].thresholds), stacks[0], stacks[1],
                                         args.resamples, args.seed)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     share = float(np.mean(diffs > 0))

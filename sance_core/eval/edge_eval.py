@@ -346,6 +346,13 @@ class ContourScores:
         }
 
 
+def ods_from_counts(stack: np.ndarray, thresholds: np.ndarray) -> float:
+    """ODS of per-image counts ``[N, 4, T]`` (cntR, sumR, cntP, sumP): summed over the images, the
+    benchmark's interpolated best F over the thresholds (what :func:`summarize` reports as ``ods``)."""
+    rec, prec, _ = _rpf(*np.asarray(stack, dtype=np.float64).sum(axis=0))
+    return interpolated_best(np.asarray(thresholds, dtype=np.float64), rec, prec)[3]
+
+
 def summarize(counts: Sequence[BoundaryCounts], thresholds: np.ndarray) -> ContourScores:
     """ODS / OIS / AP / area under PR and the PR curve from the per-image counts."""
     if not counts:
