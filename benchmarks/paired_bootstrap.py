@@ -30,7 +30,7 @@ import numpy as np
 
 from sance_core.config import from_dict
 from sance_core.data.dataset import DatasetSpec, Manifest
-from sance_core.eval.edge_eval import ContourEvalConfig, contour_counts, ods_from_counts
+from sance_core.eval.edge_eval import ContourEvalConfig, contour_counts, ods_from_counts, stack_counts
 from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.palette import read_label_png
 from sance_core.io.store import open_shards
@@ -127,7 +127,7 @@ def main() -> None:
     matched = [contour_counts(cfg, manifest, [str(run / m / "contours" / "eval.h5")], 2, "contours") for m in (a, b)]
     if matched[0].ids != matched[1].ids:
         raise SystemExit(f"the two modes' contour maps cover other images: {len(matched[0].ids)} / {len(matched[1].ids)}")
-    stacks = [np.stack([[c.count_r, c.sum_r, c.count_p, c.sum_p] for c in m.counts]) for m in matched]
+    stacks = [stack_counts(m.counts) for m in matched]
     full, diffs = bootstrap_differences(lambda s: ods_from_counts(s, matched[0].thresholds), stacks[0], stacks[1],
                                         args.resamples, args.seed)
     lo, hi = np.percentile(diffs, [2.5, 97.5])

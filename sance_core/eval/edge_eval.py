@@ -346,6 +346,12 @@ class ContourScores:
         }
 
 
+def stack_counts(counts: Sequence[BoundaryCounts]) -> np.ndarray:
+    """Per-image counts as one array ``[N, 4, T]`` (cntR, sumR, cntP, sumP), the layout of
+    :func:`ods_from_counts` and :func:`summarize`."""
+    return np.stack([[c.count_r, c.sum_r, c.count_p, c.sum_p] for c in counts])
+
+
 def ods_from_counts(stack: np.ndarray, thresholds: np.ndarray) -> float:
     """ODS of per-image counts ``[N, 4, T]`` (cntR, sumR, cntP, sumP): summed over the images, the
     benchmark's interpolated best F over the thresholds (what :func:`summarize` reports as ``ods``)."""
@@ -358,7 +364,7 @@ def summarize(counts: Sequence[BoundaryCounts], thresholds: np.ndarray) -> Conto
     if not counts:
         raise ValueError("no images to summarise")
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    stack = np.stack([[c.count_r, c.sum_r, c.count_p, c.sum_p] for c in counts])  # [N, 4, T]
+    stack = stack_counts(counts)  # [N, 4, T]
     if stack.shape[2] != thresholds.shape[0]:
         raise ValueError(f"counts have {stack.shape[2]} thresholds, expected {thresholds.shape[0]}")
     rec, prec, f1 = _rpf(*stack.sum(axis=0))

@@ -114,8 +114,8 @@ def assemble_summary(cfg: SummaryConfig, evals: Mapping[str, Mapping[str, Any] |
         summary["contour_ods_threshold"] = evals["contour"].get("ods_threshold")
         # where the contours were scored: the val split, or the ids of evaluation.contour.id_list (SBD val)
         id_list = evals["contour"].get("id_list")
-        summary["contour_ids"] = (f"the ids of {id_list['id_list']}" if isinstance(id_list, Mapping)
-                                  and id_list.get("id_list") else f"the {evals['contour'].get('split', cfg.val_split)} split")
+        summary["contour_split"] = evals["contour"].get("split", cfg.val_split)
+        summary["contour_id_list"] = id_list.get("id_list") if isinstance(id_list, Mapping) else None
     if evals.get("cam"):
         summary["cam_threshold"] = evals["cam"].get("best_threshold")
 
@@ -141,7 +141,8 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     row["n_val"] = n.get(splits.get("val", "val"))
     row["base"] = summary.get("base")
     row["n_contour"] = (summary.get("n_evaluated") or {}).get("contour")
-    row["contour_ids"] = summary.get("contour_ids")
+    row["contour_split"] = summary.get("contour_split")
+    row["contour_id_list"] = summary.get("contour_id_list")
     return row
 
 
@@ -204,8 +205,10 @@ def splits_note(rows: Sequence[Mapping[str, Any]]) -> str:
     def n(value: Any) -> str:
         return "?" if value is None else str(value)
 
-    return (f"Pseudo labels on the train split ({n(first('n_train'))} images), contours on "
-            f"{first('contour_ids') or 'the val split'} ({n(first('n_contour'))} images scored, raw single-scale maps), "
+    id_list = first("contour_id_list")
+    where = f"the ids of {id_list}" if id_list else f"the {first('contour_split') or 'val'} split"
+    return (f"Pseudo labels on the train split ({n(first('n_train'))} images), contours on {where} "
+            f"({n(first('n_contour'))} images scored, raw single-scale maps), "
             f"DeepLab on the val split ({n(first('n_val'))} images).")
 
 
