@@ -19,7 +19,19 @@ shard folder (``<run>/cam``) thresholded as ``eval/cam.json`` does it
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/body_kind_scores.py resources/demo \
         cam=results/demo/cam@0.1 seeds=results/demo/seeds irnet=results/demo/irnet/pseudo_labels/png \
-        sance=results/demo/sance/pseudo_labels/png
+        sance=results/demo/sance/pseudo_labels/png --parts-seed 0
+
+``--parts-seed N`` (the generator seed of ``root``) also splits every object into its parts, which
+the generator renders again (``sance_core.data.demo.demo_part_maps``, each mask checked against
+``root``'s): the head (the class-specific part), a body that carries class evidence (tinted or
+patterned) and a plain body. Per part it gives the recall of each source (pixels labelled with the
+object's class): the plain body's recall, head excluded, is how far a map reaches across the
+part-body border into a region with no class evidence of its own (the paper's Fig. 1). It adds the
+source ``evidence``, a label map that is exactly the class evidence (heads and evidence bodies
+labelled, everything else background), the mIoU of every source over the split (all classes of
+the dataset, void ignored: a CAM that found all of the class evidence and nothing else scores the
+``evidence`` row) and, of the background labelled object, the share on the distractor blobs (the
+shared body texture without a class part) and elsewhere.
 """
 
 from __future__ import annotations
@@ -36,7 +48,16 @@ import numpy as np
 from scipy import ndimage
 
 from sance_core.constants import IGNORE_INDEX
+from sance_core.data.demo import (
+    PART_DISTRACTOR,
+    PART_EVIDENCE_BODY,
+    PART_HEAD,
+    PART_NAMES,
+    DemoDataConfig,
+    demo_part_maps,
+)
 from sance_core.eval.evaluation import cam_labels_at_thresholds
+from sance_core.eval.metrics import ConfusionMatrix
 from sance_core.io.images import read_id_list
 from sance_core.io.palette import read_label_png
 from sance_core.io.store import open_shards
@@ -115,6 +136,49 @@ def scores(totals: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     return out
 
 
+def part_counts(mask: np.ndarray, label: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """``[len(PART_NAMES), 2]`` counts ``[pixels labelled with the object's class, pixels]`` per part.
+
+    ``mask``, ``label``, ``parts`` ``[H, W]`` uint8; rows in the order of ``PART_NAMES``; void (255
+    in ``mask`` or ``parts``) counts nowhere.
+    """
+    hit = (label == mask) & (mask != IGNORE_INDEX)
+    return np.array([[(hit & (parts == code)).sum(), ((parts == code) & (mask != IGNORE_INDEX)).sum()]
+                     for code in PART_NAMES], np.int64)
+
+
+def distractor_counts(mask: np.ndarray, label: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """``[distractor px, of them labelled object, other background px, of them labelled object]``.
+
+    Background pixels of ``mask`` (0) split by ``parts`` into the distractor blobs (the shared body
+    texture, no class part) and the rest; a pixel is labelled object when ``label`` is neither 0
+    nor void.
+    """
+    bg = mask == 0
+    obj = (label != 0) & (label != IGNORE_INDEX)
+    dis = bg & (parts == PART_DISTRACTOR)
+    rest = bg & ~dis
+    return np.array([dis.sum(), (dis & obj).sum(), rest.sum(), (rest & obj).sum()], np.int64)
+
+
+def evidence_label(mask: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """The class evidence as a label map: ``mask``'s class on heads and evidence bodies, 0 elsewhere
+    (void stays void)."""
+    out = np.where((parts == PART_HEAD) | (parts == PART_EVIDENCE_BODY), mask, 0).astype(np.uint8)
+    out[mask == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
+def read_part_maps(root: str, seed: int) -> dict[str, np.ndarray]:
+    """Part maps of every image of ``root`` (a demo dataset of generator seed ``seed``), by id."""
+    split_dir = os.path.join(root, "ImageSets", "Segmentation")
+    n = {s: len(read_id_list(os.path.join(split_dir, f"{s}.txt"))) for s in ("train", "val")}
+    try:
+        return dict(demo_part_maps(DemoDataConfig(seed=seed, n_train=n["train"], n_val=n["val"]), root))
+    except ValueError as err:
+        raise SystemExit(f"--parts-seed {seed}: {err}") from None
+
+
 def png_source(folder: str) -> Callable[[str], np.ndarray]:
     """Label map of an image id from a folder of PNGs."""
 
@@ -190,20 +254,42 @@ def main() -> None:
         default=6.0,
         help="background labelled object within this many pixels of an object is bleed (6: 1.5 grid cells)",
     )
+    parser.add_argument(
+        "--parts-seed",
+        type=int,
+        default=None,
+        help="generator seed of root: adds recall per object part, the 'evidence' source and each source's mIoU",
+    )
     args = parser.parse_args()
     objects = read_objects(args.root)
     ids = read_id_list(os.path.join(args.root, "ImageSets", "Segmentation", f"{args.split}.txt"))
     sources = dict(parse_source(s) for s in args.sources)
+    parts = read_part_maps(args.root, args.parts_seed) if args.parts_seed is not None else None
+    if parts is not None:
+        if "evidence" in sources:
+            raise SystemExit("source name 'evidence' is taken by --parts-seed; give the source another name")
+        sources["evidence"] = None  # filled per image from the mask and its part map
     totals: dict[str, dict[str, np.ndarray]] = {name: {} for name in sources}
     fp = {name: np.zeros(3, np.int64) for name in sources}
+    by_part = {name: np.zeros((len(PART_NAMES), 2), np.int64) for name in sources}
+    on_distractors = {name: np.zeros(4, np.int64) for name in sources}
+    confusion = {}
+    if parts is not None:
+        with open(os.path.join(args.root, "classes.txt")) as f:
+            n_classes = len(f.read().split())
+        confusion = {name: ConfusionMatrix(n_classes) for name in sources}
     for image_id in ids:  # each mask and its distance map once, for every source
         mask = read_label_png(os.path.join(args.root, args.mask_dir, f"{image_id}.png"))
         dist = object_distance(mask)
         for name, read in sources.items():
-            label = read(image_id)
+            label = evidence_label(mask, parts[image_id]) if read is None else read(image_id)
             for kind, c in count(mask, label, objects.get(image_id, {})).items():
                 totals[name][kind] = totals[name].get(kind, np.zeros(3, np.int64)) + c
             fp[name] += false_positives(mask, label, args.near, dist)
+            if parts is not None:
+                by_part[name] += part_counts(mask, label, parts[image_id])
+                on_distractors[name] += distractor_counts(mask, label, parts[image_id])
+                confusion[name].update(label, mask)
     near_key = f"within_{args.near:g}px"
     result = {}
     for name in sources:
@@ -214,6 +300,16 @@ def main() -> None:
             "farther": far / max(bg, 1),
             "background_pixels": bg,
         }
+        if parts is not None:
+            result[name]["part_recall"] = {
+                part: int(hit) / int(n) if n else 0.0 for part, (hit, n) in zip(PART_NAMES.values(), by_part[name])
+            }
+            result[name]["miou"] = confusion[name].miou()
+            dis, dis_obj, rest, rest_obj = (int(v) for v in on_distractors[name])
+            result[name]["background_labelled_object"].update(
+                {"on_distractors": dis_obj / max(dis, 1), "elsewhere": rest_obj / max(rest, 1),
+                 "distractor_share_of_background": dis / max(dis + rest, 1)}
+            )
     print(json.dumps({"split": args.split, "images": len(ids), "scores": result}, indent=1))
     for name, per_kind in result.items():
         cells = "  ".join(
@@ -221,6 +317,15 @@ def main() -> None:
         )
         bg = per_kind["background_labelled_object"]
         print(f"{name:12s} {cells}  | background as object: near {100 * bg[near_key]:.1f} %, farther {100 * bg['farther']:.1f} %")
+    if parts is not None:
+        print("recall per object part (" + ", ".join(PART_NAMES.values()) + ") and mIoU:")
+        for name, r in result.items():
+            bg = r["background_labelled_object"]
+            print(
+                f"{name:12s} " + "  ".join(f"{v:.3f}" for v in r["part_recall"].values()) + f"  | mIoU {100 * r['miou']:.1f}"
+                f"  | background as object: on distractors {100 * bg['on_distractors']:.1f} %,"
+                f" elsewhere {100 * bg['elsewhere']:.1f} %"
+            )
 
 
 if __name__ == "__main__":

@@ -107,3 +107,61 @@ def test_false_positives_split_by_distance():
     assert near == 4  # x = 3..6: distance 1..4
     assert far == 16 - 4 - 1  # x = 7..18 but not x = 10
     assert list(bk.false_positives(np.zeros((3, 3), np.uint8), np.ones((3, 3), np.uint8), 4)) == [9, 0, 9]
+
+
+def test_part_counts_against_a_pixel_loop():
+    bk = load_benchmark("body_kind_scores")
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        mask = rng.integers(0, 3, (7, 9)).astype(np.uint8)
+        mask[rng.random(mask.shape) < 0.2] = 255
+        parts = np.where(mask == 0, 0, rng.integers(1, 4, mask.shape)).astype(np.uint8)
+        parts[mask == 255] = 255
+        label = rng.integers(0, 3, mask.shape).astype(np.uint8)
+        want = np.zeros((3, 2), np.int64)
+        for y in range(mask.shape[0]):
+            for x in range(mask.shape[1]):
+                if mask[y, x] == 255 or parts[y, x] == 0:
+                    continue
+                want[parts[y, x] - 1] += [label[y, x] == mask[y, x], 1]
+        assert bk.part_counts(mask, label, parts).tolist() == want.tolist()
+
+
+def test_evidence_label_keeps_heads_and_evidence_bodies():
+    bk = load_benchmark("body_kind_scores")
+    mask = np.array([[0, 2, 2, 2, 255]], np.uint8)
+    parts = np.array([[0, 1, 2, 3, 255]], np.uint8)
+    assert bk.evidence_label(mask, parts).tolist() == [[0, 2, 2, 0, 255]]
+
+
+def test_main_with_parts_on_a_generated_demo(tmp_path, monkeypatch, capsys):
+    from sance_core.data.demo import DemoDataConfig, generate_demo_dataset
+
+    bk = load_benchmark("body_kind_scores")
+    root = tmp_path / "ds"
+    generate_demo_dataset(DemoDataConfig(seed=3, n_train=4, n_val=1), root)
+    masks = f"gt={root / 'SegmentationClass'}"
+    monkeypatch.setattr(sys, "argv", ["body_kind_scores", str(root), masks, "--parts-seed", "3"])
+    bk.main()
+    out = capsys.readouterr().out
+    s = json.loads(out[: out.rindex("}") + 1])["scores"]
+    assert s["gt"]["miou"] == 1.0 and set(s["gt"]["part_recall"].values()) <= {0.0, 1.0}
+    assert s["gt"]["part_recall"]["head"] == 1.0
+    ev = s["evidence"]
+    assert ev["part_recall"]["head"] == 1.0 and ev["part_recall"]["plain body"] == 0.0
+    assert ev["miou"] <= 1.0 and ev["background_labelled_object"]["farther"] == 0.0
+    monkeypatch.setattr(sys, "argv", ["body_kind_scores", str(root), masks, "--parts-seed", "4"])
+    with pytest.raises(SystemExit, match="--parts-seed 4: .*differs from the mask"):
+        bk.main()
+    monkeypatch.setattr(sys, "argv", ["body_kind_scores", str(root), f"evidence={root / 'SegmentationClass'}",
+                                      "--parts-seed", "3"])
+    with pytest.raises(SystemExit, match="'evidence' is taken"):
+        bk.main()
+
+
+def test_distractor_counts():
+    bk = load_benchmark("body_kind_scores")
+    mask = np.array([[0, 0, 0, 0, 1, 255]], np.uint8)
+    parts = np.array([[4, 4, 0, 0, 1, 255]], np.uint8)
+    label = np.array([[1, 0, 2, 0, 1, 1]], np.uint8)
+    assert bk.distractor_counts(mask, label, parts).tolist() == [2, 1, 2, 1]

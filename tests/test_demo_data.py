@@ -232,3 +232,44 @@ def test_cli_stats(small_root: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["demo-data", str(small_root), "--stats", "--split", "val"]) == 0
     out = capsys.readouterr().out
     assert f"images {SMALL.n_val}," in out and "co-occurrence" in out
+
+
+def test_part_maps_match_masks_and_objects(small_root: Path) -> None:
+    """Every object pixel is one part, background and void are where the mask has them, and the
+    parts agree with objects.tsv (head pixels, body kind) up to the void band."""
+    rows = [r.split("\t") for r in (small_root / "objects.tsv").read_text().splitlines()]
+    cols, rows = rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+    assert "body" in cols
+    parts = dict(demo.demo_part_maps(SMALL, small_root))
+    assert list(parts) == _ids(small_root, "train") + _ids(small_root, "val")
+    codes = set(demo.PART_NAMES)
+    for img_id, part in parts.items():
+        label = read_label_png(small_root / "SegmentationClass" / f"{img_id}.png")
+        assert part.shape == label.shape and part.dtype == np.uint8
+        assert np.array_equal(part == IGNORE_INDEX, label == IGNORE_INDEX)
+        assert np.array_equal(np.isin(part, [demo.PART_BACKGROUND, demo.PART_DISTRACTOR]), label == 0)
+        obj = (label != 0) & (label != IGNORE_INDEX)
+        assert set(np.unique(part[obj]).tolist()) <= codes
+        mine = [r for r in rows if r["id"] == img_id]
+        head = sum(int(r["head_pixels"]) for r in mine)
+        void = int((label == IGNORE_INDEX).sum())
+        assert head - void <= int((part == demo.PART_HEAD).sum()) <= head
+        if all(r["body"] != "plain" for r in mine):
+            assert not (part == demo.PART_PLAIN_BODY).any()
+        if all(r["body"] == "plain" for r in mine):
+            assert not (part == demo.PART_EVIDENCE_BODY).any()
+
+
+def test_distractors_are_marked_on_the_background() -> None:
+    """Some images hold distractor blobs; each is marked on the background it covers (not on objects)."""
+    found = 0
+    for _img_id, part in demo.demo_part_maps(replace(SMALL, n_train=12, n_val=0)):
+        found += int((part == demo.PART_DISTRACTOR).sum())
+    assert found > 0
+
+
+def test_part_maps_refuse_other_data(small_root: Path) -> None:
+    with pytest.raises(ValueError, match=r"SegmentationClass/demo_000001\.png: differs from the mask"):
+        next(demo.demo_part_maps(replace(SMALL, seed=4), small_root))
+    with pytest.raises(ValueError, match="demo_000010.png: not found"):
+        list(demo.demo_part_maps(replace(SMALL, n_val=4), small_root))

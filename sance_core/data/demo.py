@@ -44,7 +44,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -473,8 +473,11 @@ def _blend(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
     img += a * colour
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Gradient + band-limited noise + clutter with edges + body-textured distractor blobs."""
+def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient + band-limited noise + clutter with edges + body-textured distractor blobs.
+
+    Returns the float image ``[h, w, 3]`` and the bool map ``[h, w]`` of the distractors' pixels
+    (alpha above one half)."""
     c1, c2 = _random_bg_colour(rng), _random_bg_colour(rng)
     ang = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -518,6 +521,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
     # distractors: blobs with the SHARED body texture but no class part (background in masks)
     n_dis = int(rng.choice([0, 1, 2], p=[0.35, 0.4, 0.25]))
+    distractor = np.zeros((h, w), dtype=bool)
     for _ in range(n_dis):
         canvas[:] = 0
         side = min(h, w)
@@ -543,7 +547,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         bp = -np.sin(th) * (xx - cx) + np.cos(th) * (yy - cy)
         rad = np.hypot(xx - cx, yy - cy) / (size / 2)
         _blend(img, canvas.astype(np.float32) / 255.0, _body_texture(rng, ap, bp, rad))
-    return img
+        distractor |= canvas > 127
+    return img, distractor
 
 
 # --------------------------------------------------------------------------- image + mask
@@ -578,6 +583,11 @@ def _void_band(inst: np.ndarray, width: int) -> np.ndarray:
 
 BODY_KINDS: tuple[str, ...] = ("plain", "tinted", "patterned")
 _P_BODY = (0.5, 0.3, 0.2)  # per instance: how the body carries class evidence
+
+# Part codes of demo_part_maps (255: void, as in the masks): three object parts, and the
+# background split into the distractors (blobs with the shared body texture) and the rest
+PART_BACKGROUND, PART_HEAD, PART_EVIDENCE_BODY, PART_PLAIN_BODY, PART_DISTRACTOR = 0, 1, 2, 3, 4
+PART_NAMES: dict[int, str] = {PART_HEAD: "head", PART_EVIDENCE_BODY: "evidence body", PART_PLAIN_BODY: "plain body"}
 
 
 @dataclass(frozen=True)
@@ -636,14 +646,16 @@ def _object_texture(rng: np.random.Generator, p: _Patch, ev: _Evidence) -> np.nd
 
 def _render_image(
     rng: np.random.Generator, plan: _ImagePlan, void_width: int
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """One RGB uint8 image, its uint8 class mask (0 background, 1..5, 255 void) and one record
-    per object (class, visible pixels and extent, visible head pixels, evidence)."""
+) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
+    """One RGB uint8 image, its uint8 class mask (0 background, 1..5, 255 void), one record
+    per object (class, visible pixels and extent, visible head pixels, evidence) and its uint8
+    part map (``PART_*`` codes, 255 where the mask is void)."""
     h, w = plan.height, plan.width
-    img = _background(rng, h, w)
+    img, distractor = _background(rng, h, w)
     patches, centres = _layout(rng, plan)
     inst = np.zeros((h, w), dtype=np.int32)
     head_map = np.zeros((h, w), dtype=bool)
+    part_map = np.where(distractor, PART_DISTRACTOR, PART_BACKGROUND).astype(np.uint8)
     cls_map = np.zeros((h, w), dtype=np.uint8)
     evidence: list[_Evidence] = []
     light = rng.uniform(0, 2 * np.pi)
@@ -670,6 +682,8 @@ def _render_image(
         m = p.mask[pwin]
         inst[iwin][m] = i + 1
         head_map[iwin][m] = p.head[pwin][m]
+        body_part = PART_PLAIN_BODY if ev.body == "plain" else PART_EVIDENCE_BODY
+        part_map[iwin][m] = np.where(p.head[pwin][m], PART_HEAD, body_part)
         cls_map[iwin][m] = p.cls
 
     # global lighting, slight camera blur, sensor noise
@@ -684,7 +698,9 @@ def _render_image(
     rgb = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     label = cls_map.copy()
-    label[_void_band(inst, void_width)] = IGNORE_INDEX
+    void = _void_band(inst, void_width)
+    label[void] = IGNORE_INDEX
+    part_map[void] = IGNORE_INDEX
     records = []
     for i, (p, ev) in enumerate(zip(patches, evidence)):
         vis = inst == i + 1
@@ -704,7 +720,7 @@ def _render_image(
                 "split": round(ev.split, 3),
             }
         )
-    return rgb, label, records
+    return rgb, label, records, part_map
 
 
 # --------------------------------------------------------------------------- writing
@@ -751,18 +767,55 @@ def generate_demo_dataset(cfg: DemoDataConfig, root: Path) -> None:
     log.info("demo dataset: %d train + %d val images written to %s", cfg.n_train, cfg.n_val, root)
 
 
+def _demo_ids(cfg: DemoDataConfig) -> list[str]:
+    return [f"{_ID_PREFIX}{i + 1:06d}" for i in range(cfg.n_train + cfg.n_val)]
+
+
+def _render_all(cfg: DemoDataConfig) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[dict], np.ndarray]]:
+    """``(id, rgb, mask, object records, part map)`` of every image, in id order.
+
+    Each image draws from its own stream of ``SeedSequence(cfg.seed)``, so an image is the same
+    whether the dataset is written or only re-rendered (:func:`demo_part_maps`).
+    """
+    plans = _plan_images(cfg)
+    streams = np.random.SeedSequence(cfg.seed).spawn(len(plans))
+    for img_id, plan, ss in zip(_demo_ids(cfg), plans, streams):
+        rng = np.random.Generator(np.random.PCG64(ss))
+        yield (img_id, *_render_image(rng, plan, cfg.void_width))
+
+
+def demo_part_maps(cfg: DemoDataConfig, root: Path | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Re-render the demo images of ``cfg`` and yield ``(id, part map)``, uint8 ``[H, W]``.
+
+    A part map says which part of an object each pixel is: ``PART_HEAD`` (the class-specific
+    part), ``PART_EVIDENCE_BODY`` (a tinted or patterned body, which carries class evidence),
+    ``PART_PLAIN_BODY`` (a body with the texture shared by all classes and the background
+    distractors); background pixels are ``PART_DISTRACTOR`` where a distractor blob is visible and
+    ``PART_BACKGROUND`` (0) elsewhere; 255 where the mask is void. The dataset on disk
+    does not hold them: they are rendered again (about 6 s for the demo's 208 images). With
+    ``root`` (a dataset written from the same ``cfg``), every re-rendered mask is compared with
+    ``root``'s and a ``ValueError`` names the first that differs, so a part map is never paired
+    with the mask of other data.
+    """
+    for img_id, _rgb, label, _records, parts in _render_all(cfg):
+        if root is not None:
+            path = Path(root) / "SegmentationClass" / f"{img_id}.png"
+            if not path.exists():
+                raise ValueError(f"{path}: not found; {root} is not a demo dataset of {cfg}")
+            if not np.array_equal(read_label_png(path), label):
+                raise ValueError(f"{path}: differs from the mask the generator renders for {cfg}; "
+                                 "give the seed and sizes the dataset was generated with")
+        yield img_id, parts
+
+
 def _write_dataset(cfg: DemoDataConfig, out: Path) -> None:
     (out / "JPEGImages").mkdir()
     (out / "SegmentationClass").mkdir()
     (out / "ImageSets" / "Segmentation").mkdir(parents=True)
-    plans = _plan_images(cfg)
-    streams = np.random.SeedSequence(cfg.seed).spawn(len(plans))
-    ids = [f"{_ID_PREFIX}{i + 1:06d}" for i in range(len(plans))]
+    ids = _demo_ids(cfg)
     labels: list[str] = []
     objects = ["id\t" + "\t".join(_OBJECT_COLUMNS) + "\n"]
-    for img_id, plan, ss in zip(ids, plans, streams):
-        rng = np.random.Generator(np.random.PCG64(ss))
-        rgb, label, records = _render_image(rng, plan, cfg.void_width)
+    for img_id, rgb, label, records, _parts in _render_all(cfg):
         objects += [f"{img_id}\t" + "\t".join(str(r[c]) for c in _OBJECT_COLUMNS) + "\n" for r in records]
         Image.fromarray(rgb, mode="RGB").save(
             out / "JPEGImages" / f"{img_id}.jpg",
