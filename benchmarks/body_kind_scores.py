@@ -30,8 +30,10 @@ part-body border into a region with no class evidence of its own (the paper's Fi
 source ``evidence``, a label map that is exactly the class evidence (heads and evidence bodies
 labelled, everything else background), the mIoU of every source over the split (all classes of
 the dataset, void ignored: a CAM that found all of the class evidence and nothing else scores the
-``evidence`` row) and, of the background labelled object, the share on the distractor blobs (the
-shared body texture without a class part) and elsewhere.
+``evidence`` row), of the background labelled object, the share on the distractor blobs (the
+shared body texture without a class part) and elsewhere, and where each source's wrong pixels lie
+(per object part; background within ``--near`` px of an object or farther; unsure 255 is not
+wrong).
 """
 
 from __future__ import annotations
@@ -161,6 +163,25 @@ def distractor_counts(mask: np.ndarray, label: np.ndarray, parts: np.ndarray) ->
     return np.array([dis.sum(), (dis & obj).sum(), rest.sum(), (rest & obj).sum()], np.int64)
 
 
+ERROR_PLACES = ("head", "evidence body", "plain body", "background near", "background farther")
+
+
+def error_places(mask: np.ndarray, label: np.ndarray, parts: np.ndarray, near: float,
+                 dist: np.ndarray | None = None) -> np.ndarray:
+    """Wrong pixels of ``label`` by where they lie, in the order of ``ERROR_PLACES``.
+
+    A pixel is wrong when neither ``mask`` nor ``label`` is void there and the two differ; object
+    pixels are placed by their part, background pixels by their distance to the nearest object
+    (within ``near`` px or farther). ``dist``: :func:`object_distance` of ``mask``.
+    """
+    if dist is None:
+        dist = object_distance(mask)
+    wrong = (mask != IGNORE_INDEX) & (label != IGNORE_INDEX) & (label != mask)
+    bg = mask == 0
+    places = [parts == code for code in PART_NAMES] + [bg & (dist <= near), bg & (dist > near)]
+    return np.array([(wrong & where).sum() for where in places], np.int64)
+
+
 def evidence_label(mask: np.ndarray, parts: np.ndarray) -> np.ndarray:
     """The class evidence as a label map: ``mask``'s class on heads and evidence bodies, 0 elsewhere
     (void stays void)."""
@@ -273,6 +294,7 @@ def main() -> None:
     fp = {name: np.zeros(3, np.int64) for name in sources}
     by_part = {name: np.zeros((len(PART_NAMES), 2), np.int64) for name in sources}
     on_distractors = {name: np.zeros(4, np.int64) for name in sources}
+    errors = {name: np.zeros(len(ERROR_PLACES), np.int64) for name in sources}
     confusion = {}
     if parts is not None:
         with open(os.path.join(args.root, "classes.txt")) as f:
@@ -289,6 +311,7 @@ def main() -> None:
             if parts is not None:
                 by_part[name] += part_counts(mask, label, parts[image_id])
                 on_distractors[name] += distractor_counts(mask, label, parts[image_id])
+                errors[name] += error_places(mask, label, parts[image_id], args.near, dist)
                 confusion[name].update(label, mask)
     near_key = f"within_{args.near:g}px"
     result = {}
@@ -310,6 +333,10 @@ def main() -> None:
                 {"on_distractors": dis_obj / max(dis, 1), "elsewhere": rest_obj / max(rest, 1),
                  "distractor_share_of_background": dis / max(dis + rest, 1)}
             )
+            n_wrong = int(errors[name].sum())
+            result[name]["error_share"] = {
+                place.replace("near", near_key): int(v) / max(n_wrong, 1) for place, v in zip(ERROR_PLACES, errors[name])
+            }
     print(json.dumps({"split": args.split, "images": len(ids), "scores": result}, indent=1))
     for name, per_kind in result.items():
         cells = "  ".join(
@@ -326,6 +353,9 @@ def main() -> None:
                 f"  | background as object: on distractors {100 * bg['on_distractors']:.1f} %,"
                 f" elsewhere {100 * bg['elsewhere']:.1f} %"
             )
+        print("where the wrong pixels lie, % (" + ", ".join(ERROR_PLACES).replace("near", near_key) + "):")
+        for name, r in result.items():
+            print(f"{name:12s} " + " / ".join(f"{100 * v:.0f}" for v in r["error_share"].values()))
 
 
 if __name__ == "__main__":

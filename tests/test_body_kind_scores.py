@@ -165,3 +165,24 @@ def test_distractor_counts():
     parts = np.array([[4, 4, 0, 0, 1, 255]], np.uint8)
     label = np.array([[1, 0, 2, 0, 1, 1]], np.uint8)
     assert bk.distractor_counts(mask, label, parts).tolist() == [2, 1, 2, 1]
+
+
+def test_error_places_against_a_pixel_loop():
+    bk = load_benchmark("body_kind_scores")
+    rng = np.random.default_rng(11)
+    mask = np.zeros((9, 12), np.uint8)
+    mask[2:6, 3:8] = 2
+    mask[0, 0] = 255
+    parts = np.where(mask == 2, rng.integers(1, 4, mask.shape), 0).astype(np.uint8)
+    parts[mask == 255] = 255
+    label = rng.integers(0, 3, mask.shape).astype(np.uint8)
+    label[rng.random(mask.shape) < 0.2] = 255
+    dist = bk.object_distance(mask)
+    want = np.zeros(5, np.int64)
+    for y in range(mask.shape[0]):
+        for x in range(mask.shape[1]):
+            if mask[y, x] == 255 or label[y, x] == 255 or label[y, x] == mask[y, x]:
+                continue
+            want[parts[y, x] - 1 if mask[y, x] else (3 if dist[y, x] <= 2 else 4)] += 1
+    assert bk.error_places(mask, label, parts, near=2).tolist() == want.tolist()
+    assert want[:3].sum() > 0 and want[3:].sum() > 0
