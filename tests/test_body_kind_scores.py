@@ -10,6 +10,13 @@ from PIL import Image
 from conftest import load_benchmark
 
 
+def random_mask_and_label(rng, n_classes, shape, void):
+    """A random mask with a share ``void`` of 255 pixels and a random label map of the same classes."""
+    mask = rng.integers(0, n_classes, shape).astype(np.uint8)
+    mask[rng.random(shape) < void] = 255
+    return mask, rng.integers(0, n_classes, shape).astype(np.uint8)
+
+
 def naive_counts(mask, label, kinds):
     out = {}
     for cls, bodies in kinds.items():
@@ -34,9 +41,7 @@ def test_counts_against_a_pixel_loop():
     bk = load_benchmark("body_kind_scores")
     rng = np.random.default_rng(5)
     for _ in range(5):
-        mask = rng.integers(0, 4, (9, 11)).astype(np.uint8)
-        mask[rng.random(mask.shape) < 0.15] = 255
-        label = rng.integers(0, 4, mask.shape).astype(np.uint8)
+        mask, label = random_mask_and_label(rng, 4, (9, 11), void=0.15)
         kinds = {1: {"plain"}, 2: {"tinted"}, 3: {"plain", "patterned"}}
         got = {k: list(map(int, v)) for k, v in bk.count(mask, label, kinds).items()}
         assert got == naive_counts(mask, label, kinds)
@@ -113,11 +118,9 @@ def test_part_counts_against_a_pixel_loop():
     bk = load_benchmark("body_kind_scores")
     rng = np.random.default_rng(7)
     for _ in range(5):
-        mask = rng.integers(0, 3, (7, 9)).astype(np.uint8)
-        mask[rng.random(mask.shape) < 0.2] = 255
+        mask, label = random_mask_and_label(rng, 3, (7, 9), void=0.2)
         parts = np.where(mask == 0, 0, rng.integers(1, 4, mask.shape)).astype(np.uint8)
         parts[mask == 255] = 255
-        label = rng.integers(0, 3, mask.shape).astype(np.uint8)
         want = np.zeros((3, 2), np.int64)
         for y in range(mask.shape[0]):
             for x in range(mask.shape[1]):
