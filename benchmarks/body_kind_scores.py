@@ -139,14 +139,20 @@ def scores(totals: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 
 
 def part_counts(mask: np.ndarray, label: np.ndarray, parts: np.ndarray) -> np.ndarray:
-    """``[len(PART_NAMES), 2]`` counts ``[pixels labelled with the object's class, pixels]`` per part.
+    """``[len(PART_NAMES), 3]`` counts per part: ``[pixels labelled with the object's class, pixels
+    labelled wrong, pixels]``.
 
     ``mask``, ``label``, ``parts`` ``[H, W]`` uint8; rows in the order of ``PART_NAMES``; void (255
-    in ``mask`` or ``parts``) counts nowhere.
+    in ``mask`` or ``parts``) counts nowhere; an unsure label (255) is neither right nor wrong.
     """
-    hit = (label == mask) & (mask != IGNORE_INDEX)
-    return np.array([[(hit & (parts == code)).sum(), ((parts == code) & (mask != IGNORE_INDEX)).sum()]
-                     for code in PART_NAMES], np.int64)
+    valid = mask != IGNORE_INDEX
+    hit = (label == mask) & valid
+    wrong = (label != mask) & (label != IGNORE_INDEX) & valid
+    rows = []
+    for code in PART_NAMES:
+        part = (parts == code) & valid
+        rows.append([(hit & part).sum(), (wrong & part).sum(), part.sum()])
+    return np.array(rows, np.int64)
 
 
 def distractor_counts(mask: np.ndarray, label: np.ndarray, parts: np.ndarray) -> np.ndarray:
@@ -164,22 +170,8 @@ def distractor_counts(mask: np.ndarray, label: np.ndarray, parts: np.ndarray) ->
 
 
 ERROR_PLACES = ("head", "evidence body", "plain body", "background near", "background farther")
-
-
-def error_places(mask: np.ndarray, label: np.ndarray, parts: np.ndarray, near: float,
-                 dist: np.ndarray | None = None) -> np.ndarray:
-    """Wrong pixels of ``label`` by where they lie, in the order of ``ERROR_PLACES``.
-
-    A pixel is wrong when neither ``mask`` nor ``label`` is void there and the two differ; object
-    pixels are placed by their part, background pixels by their distance to the nearest object
-    (within ``near`` px or farther). ``dist``: :func:`object_distance` of ``mask``.
-    """
-    if dist is None:
-        dist = object_distance(mask)
-    wrong = (mask != IGNORE_INDEX) & (label != IGNORE_INDEX) & (label != mask)
-    bg = mask == 0
-    places = [parts == code for code in PART_NAMES] + [bg & (dist <= near), bg & (dist > near)]
-    return np.array([(wrong & where).sum() for where in places], np.int64)
+"""Where :func:`main` places a map's wrong pixels: the object parts (``part_counts``' wrong column),
+then the background labelled object near an object and farther (``false_positives``)."""
 
 
 def evidence_label(mask: np.ndarray, parts: np.ndarray) -> np.ndarray:
@@ -292,9 +284,8 @@ def main() -> None:
         sources["evidence"] = None  # filled per image from the mask and its part map
     totals: dict[str, dict[str, np.ndarray]] = {name: {} for name in sources}
     fp = {name: np.zeros(3, np.int64) for name in sources}
-    by_part = {name: np.zeros((len(PART_NAMES), 2), np.int64) for name in sources}
+    by_part = {name: np.zeros((len(PART_NAMES), 3), np.int64) for name in sources}
     on_distractors = {name: np.zeros(4, np.int64) for name in sources}
-    errors = {name: np.zeros(len(ERROR_PLACES), np.int64) for name in sources}
     confusion = {}
     if parts is not None:
         with open(os.path.join(args.root, "classes.txt")) as f:
@@ -311,7 +302,6 @@ def main() -> None:
             if parts is not None:
                 by_part[name] += part_counts(mask, label, parts[image_id])
                 on_distractors[name] += distractor_counts(mask, label, parts[image_id])
-                errors[name] += error_places(mask, label, parts[image_id], args.near, dist)
                 confusion[name].update(label, mask)
     near_key = f"within_{args.near:g}px"
     result = {}
@@ -325,7 +315,7 @@ def main() -> None:
         }
         if parts is not None:
             result[name]["part_recall"] = {
-                part: int(hit) / int(n) if n else 0.0 for part, (hit, n) in zip(PART_NAMES.values(), by_part[name])
+                part: int(hit) / int(n) if n else 0.0 for part, (hit, _, n) in zip(PART_NAMES.values(), by_part[name])
             }
             result[name]["miou"] = confusion[name].miou()
             dis, dis_obj, rest, rest_obj = (int(v) for v in on_distractors[name])
@@ -333,9 +323,9 @@ def main() -> None:
                 {"on_distractors": dis_obj / max(dis, 1), "elsewhere": rest_obj / max(rest, 1),
                  "distractor_share_of_background": dis / max(dis + rest, 1)}
             )
-            n_wrong = int(errors[name].sum())
+            errors = [*by_part[name][:, 1], near, far]
             result[name]["error_share"] = {
-                place.replace("near", near_key): int(v) / max(n_wrong, 1) for place, v in zip(ERROR_PLACES, errors[name])
+                place.replace("near", near_key): int(v) / max(int(sum(errors)), 1) for place, v in zip(ERROR_PLACES, errors)
             }
     print(json.dumps({"split": args.split, "images": len(ids), "scores": result}, indent=1))
     for name, per_kind in result.items():

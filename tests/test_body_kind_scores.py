@@ -121,12 +121,13 @@ def test_part_counts_against_a_pixel_loop():
         mask, label = random_mask_and_label(rng, 3, (7, 9), void=0.2)
         parts = np.where(mask == 0, 0, rng.integers(1, 4, mask.shape)).astype(np.uint8)
         parts[mask == 255] = 255
-        want = np.zeros((3, 2), np.int64)
+        label[rng.random(mask.shape) < 0.1] = 255  # unsure: neither right nor wrong
+        want = np.zeros((3, 3), np.int64)
         for y in range(mask.shape[0]):
             for x in range(mask.shape[1]):
                 if mask[y, x] == 255 or parts[y, x] == 0:
                     continue
-                want[parts[y, x] - 1] += [label[y, x] == mask[y, x], 1]
+                want[parts[y, x] - 1] += [label[y, x] == mask[y, x], label[y, x] not in (mask[y, x], 255), 1]
         assert bk.part_counts(mask, label, parts).tolist() == want.tolist()
 
 
@@ -170,7 +171,9 @@ def test_distractor_counts():
     assert bk.distractor_counts(mask, label, parts).tolist() == [2, 1, 2, 1]
 
 
-def test_error_places_against_a_pixel_loop():
+def test_error_places_of_parts_and_background_against_a_pixel_loop():
+    """The five places of ERROR_PLACES, as main assembles them: part_counts' wrong column, then
+    false_positives' near and far counts."""
     bk = load_benchmark("body_kind_scores")
     rng = np.random.default_rng(11)
     mask = np.zeros((9, 12), np.uint8)
@@ -187,5 +190,7 @@ def test_error_places_against_a_pixel_loop():
             if mask[y, x] == 255 or label[y, x] == 255 or label[y, x] == mask[y, x]:
                 continue
             want[parts[y, x] - 1 if mask[y, x] else (3 if dist[y, x] <= 2 else 4)] += 1
-    assert bk.error_places(mask, label, parts, near=2).tolist() == want.tolist()
+    got = [*bk.part_counts(mask, label, parts)[:, 1], *bk.false_positives(mask, label, 2, dist)[1:]]
+    assert [int(v) for v in got] == want.tolist()
+    assert len(got) == len(bk.ERROR_PLACES)
     assert want[:3].sum() > 0 and want[3:].sum() > 0
