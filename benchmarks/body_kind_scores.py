@@ -323,9 +323,10 @@ def main() -> None:
                 {"on_distractors": dis_obj / max(dis, 1), "elsewhere": rest_obj / max(rest, 1),
                  "distractor_share_of_background": dis / max(dis + rest, 1)}
             )
-            errors = [*by_part[name][:, 1], near, far]
+            errors = [int(v) for v in (*by_part[name][:, 1], near, far)]
+            n_wrong = max(sum(errors), 1)
             result[name]["error_share"] = {
-                place.replace("near", near_key): int(v) / max(int(sum(errors)), 1) for place, v in zip(ERROR_PLACES, errors)
+                place.replace("near", near_key): v / n_wrong for place, v in zip(ERROR_PLACES, errors)
             }
     print(json.dumps({"split": args.split, "images": len(ids), "scores": result}, indent=1))
     for name, per_kind in result.items():
