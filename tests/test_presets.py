@@ -358,7 +358,7 @@ def paper_values(dataset: str) -> dict:
             "rates": [6, 12, 18, 24], "frozen_bn": True, "iterations": 20000 if voc else 100000, "batch_size": 10,
             "crop_size": 321, "scale_range": [0.5, 1.5], "lr": 2.5e-4, "head_lr_mult": 10, "weight_decay": 5e-4,
             "momentum": 0.9, "poly_power": 0.9, "test_scales": [0.5, 0.75, 1.0, 1.25, 1.5], "flip": True,
-            "fusion": "max", "crf": voc,
+            "fusion": "max", "crf": voc, "crf_params": {"bilateral_sxy": 67.0},  # deeplab-pytorch's VOC values
         },
         "evaluation": {"contour": {"thresholds": 99, "max_dist": 0.02, "thinning": True, "kill_internal": False,
                                    "gt_source": "sbd" if voc else "masks", "max_images": 0 if voc else 2000}},
