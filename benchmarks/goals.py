@@ -28,12 +28,13 @@ the demo's issue). All numbers in %.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sance_core.stages.summary import SummaryError, read_json
 
 CAM_MIOU = 0.45
 CAM_CLASS_IOU = 0.25
@@ -43,9 +44,11 @@ PSEUDO_LABEL_MARGIN = 0.05
 DEEPLAB_SHARE = 0.85
 REFERENCE = "fully_supervised"
 
-# what writes each file, for the error when it is missing
 # comparisons ">=" of differences and ratios of stored fractions tolerate their rounding (0.42 - 0.37 < 0.05)
 _EPS = 1e-9
+# the keys read from every mode's summary.json
+_SUMMARY_KEYS = ("pseudo_label_miou", "contour_ods", "segmentation_miou", "seed_precision", "seed_coverage")
+# what writes each file, for the error when it is missing
 _WRITER = {"cam.json": "rule evaluate_cams", "summary.json": "rule summarize (target all)"}
 
 
@@ -58,17 +61,18 @@ class Run:
     cam_iou: Mapping[str, float]
     seed_precision: float
     seed_coverage: float
-    modes: Mapping[str, Mapping[str, float | None]]  # mode -> summary.json
+    modes: Mapping[str, Mapping[str, float]]  # mode -> the _SUMMARY_KEYS of its summary.json
     reference: float  # fully supervised DeepLab mIoU
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The stage-8 reader (``summary.read_json``), with the rule that writes a missing file named."""
     if not path.is_file():
         raise SystemExit(f"{path}: missing; it is written by {_WRITER.get(path.name, 'the pipeline')} of that run")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{path}: not valid JSON ({err})") from err
+        return read_json(path)
+    except SummaryError as err:
+        raise SystemExit(str(err)) from err
 
 
 def _number(doc: Mapping[str, Any], key: str, path: Path) -> float:
@@ -90,17 +94,15 @@ def load_run(folder: Path, modes: Sequence[str]) -> Run:
     summaries = {}
     for mode in modes:
         path = folder / mode / "summary.json"
-        summaries[mode] = _read_json(path)
-        for key in ("pseudo_label_miou", "contour_ods", "segmentation_miou", "seed_precision", "seed_coverage"):
-            _number(summaries[mode], key, path)
+        doc = _read_json(path)
+        summaries[mode] = {key: _number(doc, key, path) for key in _SUMMARY_KEYS}
     ref_path = folder / REFERENCE / "summary.json"
-    first = folder / modes[0] / "summary.json"
     return Run(
         name=folder.name,
         cam_miou=_number(cam, "miou", cam_path),
         cam_iou={str(k): _number(iou, k, cam_path) for k in iou},
-        seed_precision=_number(summaries[modes[0]], "seed_precision", first),
-        seed_coverage=_number(summaries[modes[0]], "seed_coverage", first),
+        seed_precision=summaries[modes[0]]["seed_precision"],  # the seeds are shared by every mode
+        seed_coverage=summaries[modes[0]]["seed_coverage"],
         modes=summaries,
         reference=_number(_read_json(ref_path), "segmentation_miou", ref_path),
     )
@@ -122,13 +124,13 @@ def goals(baseline: str, method: str) -> list[Goal]:
         return min(r.cam_iou.values())
 
     def pl(r: Run, mode: str) -> float:
-        return float(r.modes[mode]["pseudo_label_miou"])
+        return r.modes[mode]["pseudo_label_miou"]
 
     def ods(r: Run, mode: str) -> float:
-        return float(r.modes[mode]["contour_ods"])
+        return r.modes[mode]["contour_ods"]
 
     def share(r: Run) -> float:
-        return float(r.modes[method]["segmentation_miou"]) / r.reference if r.reference > 0 else 0.0
+        return r.modes[method]["segmentation_miou"] / r.reference if r.reference > 0 else 0.0
 
     return [
         Goal(f"CAM mIoU (>= {100 * CAM_MIOU:g})", lambda r: 100 * r.cam_miou, lambda r: r.cam_miou >= CAM_MIOU),
@@ -157,16 +159,18 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _value_cells(values: Sequence[float]) -> list[str]:
+    """Each value, then their mean and range, with one decimal."""
+    return [f"{v:.1f}" for v in (*values, *spread(values))]
+
+
 def goals_table(runs: Sequence[Run], baseline: str, method: str) -> str:
     """Markdown: a row per goal, a column per run, then mean, range and the runs that meet it."""
     lines = [_row(["goal", *(r.name for r in runs), "mean", "range", "met in"]),
              _row(["---", *(["---:"] * (len(runs) + 3))])]
     for goal in goals(baseline, method):
-        values = [goal.value(r) for r in runs]
-        mean, width = spread(values)
         met = sum(goal.met(r) for r in runs)
-        lines.append(_row([goal.label, *(f"{v:.1f}" for v in values), f"{mean:.1f}", f"{width:.1f}",
-                           f"{met} / {len(runs)}"]))
+        lines.append(_row([goal.label, *_value_cells([goal.value(r) for r in runs]), f"{met} / {len(runs)}"]))
     return "\n".join(lines)
 
 
@@ -177,12 +181,8 @@ def modes_table(runs: Sequence[Run], modes: Sequence[str]) -> str:
              _row(["---", "---", *(["---:"] * (len(runs) + 2))])]
     for mode in modes:
         for label, key in keys:
-            values = [100 * float(r.modes[mode][key]) for r in runs]
-            mean, width = spread(values)
-            lines.append(_row([mode, label, *(f"{v:.1f}" for v in values), f"{mean:.1f}", f"{width:.1f}"]))
-    values = [100 * r.reference for r in runs]
-    mean, width = spread(values)
-    lines.append(_row([REFERENCE, "DeepLab", *(f"{v:.1f}" for v in values), f"{mean:.1f}", f"{width:.1f}"]))
+            lines.append(_row([mode, label, *_value_cells([100 * r.modes[mode][key] for r in runs])]))
+    lines.append(_row([REFERENCE, "DeepLab", *_value_cells([100 * r.reference for r in runs])]))
     return "\n".join(lines)
 
 
